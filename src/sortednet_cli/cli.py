@@ -1,0 +1,113 @@
+"""`sortednet <command> [overrides]`: picks a command and hands the rest of the line to Hydra.
+
+Each command is a full Hydra app (overrides, -m, --cfg, --help, -cd). User mistakes, whether
+Hydra finds them while composing the config or our code finds them later, end as one line on
+stderr and exit code 2; set SORTEDNET_TRACEBACK=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from typing import Callable, Optional
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import register_configs
+from .errors import UserError
+
+COMMANDS = {
+    "train": "train a sorted network on a pool of sub-models (the main job)",
+    "describe": "list a pool's sub-models with channels, parameters and MFLOPs",
+}
+
+CONFIG_PACKAGE = "pkg://sortednet_cli.conf"
+NOISE = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception and its cause as one line, without OmegaConf's location footers."""
+    parts = [str(exc)]
+    if exc.__cause__ is not None and str(exc.__cause__) not in parts[0]:
+        parts.append(str(exc.__cause__))
+    text = " ".join(line.strip() for part in parts for line in part.splitlines()
+                    if line.strip() and not line.strip().startswith(NOISE))
+    return text.split(" Config search path:")[0]
+
+
+def fail(message: str) -> None:
+    print(f"sortednet: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def hydra_command(config_name: str) -> Callable:
+    """Make `task(cfg)` a Hydra app reading conf/<config_name>.yaml from the installed package."""
+    register_configs()
+
+    def wrap(task: Callable[[DictConfig], None]) -> Callable[[], None]:
+        @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=config_name)
+        @functools.wraps(task)
+        def run(cfg: DictConfig) -> None:
+            try:
+                task(cfg)
+            except UserError as exc:
+                if os.environ.get("SORTEDNET_TRACEBACK"):
+                    raise
+                fail(str(exc))
+
+        return run
+
+    return wrap
+
+
+def config_groups() -> set[str]:
+    from importlib.resources import files
+
+    return {entry.name for entry in files("sortednet_cli.conf").iterdir() if entry.is_dir() and not entry.name.startswith("_")}
+
+
+def quote_numeric_options(args: list[str]) -> list[str]:
+    """`pool=160` names the option file 160.yaml, but Hydra reads 160 as an int and rejects it
+    as a group choice; quoting numeric choices (also inside a sweep like `pool=160,full`) keeps
+    the natural spelling working."""
+    groups = config_groups()
+    quoted = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in groups and not any(c in value for c in "[]()'\""):
+            value = ",".join(f"'{v}'" if v.strip().isdigit() else v for v in value.split(","))
+        quoted.append(f"{key}{sep}{value}")
+    return quoted
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: sortednet <command> [hydra overrides] [-m] [--cfg job] [--help]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`sortednet <command> --help` shows that command's config groups and keys."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    command = argv[0]
+    if command not in COMMANDS:
+        fail(f"unknown command {command!r} (commands: {', '.join(COMMANDS)}; see sortednet --help)")
+    app = importlib.import_module(f"sortednet_cli.commands.{command.replace('-', '_')}").main
+    sys.argv = [f"sortednet {command}", *quote_numeric_options(argv[1:])]
+    # Let composition errors reach us instead of Hydra's multi-line report.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if os.environ.get("SORTEDNET_TRACEBACK"):
+            raise
+        fail(one_line(exc))

@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically, read with weights_only=True so a crafted file cannot run code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+TRAIN_FORMAT = "sortednet-cli/train/1"
+CHECKPOINT_NAME = "last.pt"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(location: str | os.PathLike) -> Path:
+    """A .pt file, or a run directory holding last.pt."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    return path
+
+
+def load_checkpoint(location: str | os.PathLike, expected_format: str = TRAIN_FORMAT) -> dict:
+    path = resolve_checkpoint(location)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"refused to load {path}: it holds objects other than tensors and plain data "
+            "(not a sortednet-cli checkpoint, or a crafted file)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise UserError(f"{path} is not a readable checkpoint (truncated or damaged?): {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"{path} is not a sortednet-cli checkpoint of this kind (format {found!r}, expected {expected_format!r})")
+    return data

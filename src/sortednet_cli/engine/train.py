@@ -1,0 +1,303 @@
+"""The training run, top to bottom: set up, loop over optimizer steps, checkpoint, quick evaluation.
+
+Everything random is a pure function of the seed and the global step (which sub-model, which
+batch, which crop), so the loop is a plain `for step in range(start, total)` and resuming from a
+checkpoint at any step reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from ..config import TrainConfig
+from ..errors import UserError
+from ..models import build_model
+from ..reports.loggers import build_logger
+from ..reports.progress import TrainProgress
+from ..reports.tables import accuracy_table
+from ..sorted.extract import mflops_per_image
+from ..sorted.pool import Pool, build_pool
+from ..sorted.sampler import build_sampler
+from ..sorted.submodel import format_depth
+from ..sorted.update import sorted_update
+from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
+from .data import Normalizer, TrainBatches, load_splits
+from .evaluate import SubModelEvaluator
+from .runtime import build_optimizer, build_scheduler, configure_backend, select_device
+
+SUMMARY_FILE = "summary.json"
+
+# What may change when resuming; everything else would make the continuation a different run.
+RESUMABLE_KEYS = (
+    "resume",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "logger",
+    "data.root",
+    "data.verify",
+    "data.download",
+    "eval",
+)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict
+    interrupted: bool = False
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def config_for_resume(checkpoint: dict, cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The checkpoint's own config, with the command line's runtime-only overrides applied."""
+    saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(checkpoint["config"]))
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_KEYS):
+            raise UserError(
+                f"'{override}' cannot change when resuming (only {', '.join(RESUMABLE_KEYS[1:])} can); "
+                "start a new run instead"
+            )
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+    return saved
+
+
+def validate_trainer(cfg) -> None:
+    checks = {
+        "epochs": cfg.epochs >= 1,
+        "batch_size": cfg.batch_size >= 1,
+        "grad_accum": cfg.grad_accum >= 1,
+        "checkpoint_every": cfg.checkpoint_every >= 1,
+        "log_every": cfg.log_every >= 1,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise UserError(f"trainer.{key} must be >= 1 (got {getattr(cfg, key)})")
+
+
+def pool_from_config(pool_cfg, depth_limits) -> Pool:
+    spec = OmegaConf.to_container(pool_cfg, resolve=True)
+    return build_pool(spec["name"], spec["widths"], spec["depths"], depth_limits)
+
+
+def quick_eval_members(pool: Pool) -> list:
+    """The full, a middle and the smallest sub-model (fewer when the pool is smaller)."""
+    picks = [pool.largest, pool.members[len(pool) // 2], pool.smallest]
+    return list(dict.fromkeys(picks))
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console: Optional[Console] = None) -> TrainResult:
+    console = console or Console()
+    run_dir = Path(run_dir)
+    checkpoint = None
+    if cfg.resume:
+        checkpoint_path = resolve_checkpoint(cfg.resume)
+        checkpoint = load_checkpoint(checkpoint_path)
+        cfg = config_for_resume(checkpoint, cfg, overrides)
+        run_dir = checkpoint_path.parent
+        console.print(f"resuming {run_dir} at step {checkpoint['step']}")
+
+    # --- set up -----------------------------------------------------------------------------
+    trainer = cfg.trainer
+    validate_trainer(trainer)
+    device = select_device(trainer.device.value)
+    configure_backend(device, trainer.threads)
+    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    model = build_model(cfg.model).to(device=device, memory_format=memory_format)
+    pool = pool_from_config(cfg.pool, model.depth_limits)
+    splits = load_splits(cfg.data, cfg.model.num_classes)
+    normalize = Normalizer(device, trainer.channels_last)
+    batches = TrainBatches(splits.train.to(device), trainer.batch_size, trainer.seed, cfg.data.augment, normalize)
+    sampler = build_sampler(cfg.sampler, pool, trainer.seed, cost=lambda sub: mflops_per_image(model, sub))
+
+    g = trainer.grad_accum
+    # Each step takes g mini-batches, or one shared by all g draws with accum_same_batch.
+    steps_per_epoch = len(batches) if trainer.accum_same_batch else math.ceil(len(batches) / g)
+    total_steps = trainer.epochs * steps_per_epoch
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
+    start_step, elapsed_before, images_before = 0, 0.0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        start_step, elapsed_before, images_before = checkpoint["step"], checkpoint["elapsed_s"], checkpoint["images"]
+
+    config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    logger = build_logger(cfg.logger, run_dir, config_dict, resume_step=start_step if checkpoint else None)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda" and trainer.amp
+        else contextlib.nullcontext
+    )
+
+    def save(step: int) -> Path:
+        state = {
+            "format": TRAIN_FORMAT,
+            "model": model.state_dict(),
+            "arch": model.arch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "epoch": step // steps_per_epoch,
+            "step": step,
+            "elapsed_s": elapsed_before + time.perf_counter() - start_time,
+            "images": images,
+            "config": OmegaConf.to_yaml(cfg, resolve=True),
+            "pool": pool.to_dict(),
+        }
+        path = run_dir / CHECKPOINT_NAME
+        save_atomic(state, path)
+        return path
+
+    console.print(
+        f"training {cfg.model.name} on {splits.train.images.shape[0]} {cfg.data.name.value} images, "
+        f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}, grad_accum {g}, "
+        f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}; run dir {run_dir}",
+        highlight=False,
+    )
+
+    # --- the loop ---------------------------------------------------------------------------
+    pending: list[tuple[int, int, int, object, torch.Tensor, float]] = []  # draws not yet logged
+    last_losses: list[float] = []
+    images = images_before
+    start_time = time.perf_counter()
+
+    def flush() -> None:
+        """Read the pending losses back in one transfer, check them, log them."""
+        nonlocal last_losses
+        if not pending:
+            return
+        values = torch.stack([entry[4] for entry in pending]).float().cpu().tolist()
+        elapsed = round(elapsed_before + time.perf_counter() - start_time, 3)
+        rows = []
+        for (epoch, step, draw, sub, _, lr), loss in zip(pending, values):
+            if not math.isfinite(loss):
+                raise UserError(
+                    f"loss became {loss} at step {step} on sub-model {sub.label}; "
+                    "lower optim.lr or check the data (last.pt keeps the last good checkpoint)"
+                )
+            rows.append({"epoch": epoch, "step": step, "width": sub.width, "depth": format_depth(sub.depth),
+                         "loss": round(loss, 6), "lr": lr, "elapsed_s": elapsed, "draw": draw})
+        logger.log_draws(rows)
+        last_losses = values
+        progress.set_info(f"loss {sum(values) / len(values):.4f} lr {rows[-1]['lr']:.4g} {pending[-1][3].label}")
+        pending.clear()
+
+    interrupted = False
+    done = start_step
+    model.train()
+    try:
+        with StopOnInterrupt() as stop, TrainProgress(console, total_steps, start_step, steps_per_epoch, trainer.log_every) as progress:
+            for step in range(start_step, total_steps):
+                epoch, step_in_epoch = divmod(step, steps_per_epoch)
+                first_batch = step_in_epoch if trainer.accum_same_batch else step_in_epoch * g
+                num_draws = g if trainer.accum_same_batch else min(g, len(batches) - first_batch)
+                subs = [sampler.draw(step, d, g) for d in range(num_draws)]
+
+                def draws():
+                    shared = batches.get(epoch, first_batch) if trainer.accum_same_batch else None
+                    for d, sub in enumerate(subs):
+                        yield (sub, *(shared or batches.get(epoch, first_batch + d)))
+
+                lr = scheduler.get_last_lr()[0]
+                losses = sorted_update(model, optimizer, draws(), num_draws, F.cross_entropy, autocast)
+                scheduler.step()
+                images += num_draws * batches.batch_size
+                pending.extend((epoch, step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses)))
+
+                done = step + 1
+                epoch_end = done % steps_per_epoch == 0
+                if done % trainer.log_every == 0 or epoch_end or done == total_steps or stop.requested:
+                    flush()
+                progress.update(done)
+                if stop.requested:
+                    interrupted = True
+                    break
+                if (epoch_end and (epoch + 1) % trainer.checkpoint_every == 0) or done == total_steps:
+                    save(done)
+
+        wall = time.perf_counter() - start_time
+        summary = {
+            "final_loss": sum(last_losses) / len(last_losses) if last_losses else None,
+            "steps": done,
+            "total_steps": total_steps,
+            "epochs_done": done / steps_per_epoch,
+            "images_per_second": (images - images_before) / wall if wall > 0 else None,
+            "wall_seconds": elapsed_before + wall,
+            "device": str(device),
+            "pool": pool.name,
+            "pool_size": len(pool),
+            "eval_split": splits.eval_name,
+        }
+        if interrupted:
+            path = save(done)
+            console.print(f"interrupted after step {done}; checkpoint saved to {path}")
+            console.print(f"resume with: sortednet train resume={run_dir}", highlight=False)
+            _write_json(run_dir / SUMMARY_FILE, {**summary, "interrupted": True})
+            return TrainResult(run_dir, summary, interrupted=True)
+
+        # --- quick evaluation ---------------------------------------------------------------
+        evaluator = SubModelEvaluator(
+            splits.eval.to(device),
+            splits.train.first(cfg.eval.calib_images).to(device),
+            cfg.eval.batch_size,
+            normalize,
+            recalibrate=cfg.eval.bn.value == "recalibrate" and model.has_batch_norm,
+        )
+        scratch = copy.deepcopy(model)  # recalibration rewrites BN statistics: keep the trained ones
+        quick = [
+            {"width": s.width, "depth": format_depth(s.depth), "accuracy": evaluator(scratch, s)}
+            for s in quick_eval_members(pool)
+        ]
+        console.print(accuracy_table(quick, title=f"quick evaluation on {splits.eval_name} ({len(splits.eval)} images)"))
+        summary["quick_eval"] = quick
+        _write_json(run_dir / SUMMARY_FILE, summary)
+        logger.log_summary(summary)
+        return TrainResult(run_dir, summary)
+    finally:
+        logger.close()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

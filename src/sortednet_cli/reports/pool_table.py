@@ -1,0 +1,54 @@
+"""The pool as a table: one row per sub-model with its channels, parameters and MFLOPs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from rich.table import Table
+
+from ..sorted.extract import mflops_per_image, parameter_count
+from ..sorted.pool import Pool
+from ..sorted.submodel import format_depth
+
+POOL_COLUMNS = ["index", "width", "depth", "channels", "params", "mflops"]
+
+
+def describe_pool(model, pool: Pool) -> list[dict]:
+    return [
+        {
+            "index": index,
+            "width": sub.width,
+            "depth": format_depth(sub.depth),
+            "channels": model.channel_summary(sub.width),
+            "params": parameter_count(model, sub),
+            "mflops": round(mflops_per_image(model, sub), 3),
+        }
+        for index, sub in enumerate(pool)
+    ]
+
+
+def write_pool_csv(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, POOL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def pool_table(rows: list[dict], model, pool: Pool) -> tuple[Table, str]:
+    table = Table(title=f"pool {pool.name}: {len(rows)} sub-models")
+    for column in POOL_COLUMNS:
+        table.add_column(column, justify="left" if column in ("depth", "channels") else "right")
+    for row in rows:
+        table.add_row(str(row["index"]), f"{row['width']:g}", row["depth"], row["channels"], f"{row['params']:,}", f"{row['mflops']:.2f}")
+    shared = sum(p.numel() for p in model.parameters())
+    mflops = [row["mflops"] for row in rows]
+    full = max(mflops)
+    mean = sum(mflops) / len(mflops)
+    totals = (
+        f"total: {len(rows)} sub-models sharing {shared:,} parameters; "
+        f"MFLOPs per image {min(mflops):.2f} to {full:.2f}, mean {mean:.2f} "
+        f"({mean / full:.2f} of the largest: the cost of an average uniform draw)"
+    )
+    return table, totals

@@ -1,0 +1,102 @@
+"""Samplers: which sub-model each draw of each optimizer step trains.
+
+A draw is a pure function of (seed, step, draw), so resuming needs no sampler state and every
+data-parallel rank picks the same sub-model without talking to the others.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from typing import Callable, Optional, Sequence
+
+from ..errors import UserError
+from .pool import Pool
+from .submodel import SubModel
+
+
+def _unit_random(seed: int, step: int, draw: int) -> float:
+    # Seeding with a string hashes it with SHA-512: stable across processes and platforms.
+    return random.Random(f"sortednet/{seed}/{step}/{draw}").random()
+
+
+class Sampler:
+    """Draws pool members with fixed probabilities."""
+
+    name = "uniform"
+
+    def __init__(self, pool: Pool, seed: int, probabilities: Optional[Sequence[float]] = None):
+        self.pool = pool
+        self.seed = seed
+        n = len(pool)
+        probs = list(probabilities) if probabilities is not None else [1.0 / n] * n
+        total = sum(probs)
+        self.probabilities = [p / total for p in probs]
+        self._cumulative = list(itertools.accumulate(self.probabilities))
+
+    def _random_member(self, step: int, draw: int) -> SubModel:
+        u = _unit_random(self.seed, step, draw)
+        index = min(bisect.bisect_right(self._cumulative, u), len(self.pool) - 1)
+        return self.pool.members[index]
+
+    def draw(self, step: int, draw: int, draws_per_step: int) -> SubModel:
+        return self._random_member(step, draw)
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "seed": self.seed, "probabilities": self.probabilities}
+
+
+class SandwichSampler(Sampler):
+    """US-Nets' sandwich rule: each step trains the largest, the smallest, then random members.
+
+    With one draw per step the three roles take turns from step to step."""
+
+    name = "sandwich"
+
+    def draw(self, step: int, draw: int, draws_per_step: int) -> SubModel:
+        role = draw if draws_per_step > 1 else step % 3
+        if role == 0:
+            return self.pool.largest
+        if role == 1:
+            return self.pool.smallest
+        return self._random_member(step, draw)
+
+
+class FullSampler(Sampler):
+    """Always the pool's largest member: ordinary training of one network."""
+
+    name = "full"
+
+    def draw(self, step: int, draw: int, draws_per_step: int) -> SubModel:
+        return self.pool.largest
+
+
+class WeightedSampler(Sampler):
+    name = "weighted"
+
+
+def build_sampler(
+    cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]
+) -> Sampler:
+    """`cfg` is the sampler config. For sampler=weighted, explicit weights win over alpha;
+    `cost` (e.g. MFLOPs) is only asked for when alpha is used."""
+    name = cfg.name.value
+    if name == "uniform":
+        return Sampler(pool, seed)
+    if name == "sandwich":
+        return SandwichSampler(pool, seed)
+    if name == "full":
+        return FullSampler(pool, seed)
+    if cfg.weights is not None:
+        weights = list(cfg.weights)
+        if len(weights) != len(pool):
+            raise UserError(
+                f"sampler.weights has {len(weights)} entries but the pool has {len(pool)} sub-models"
+            )
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise UserError("sampler.weights must be non-negative with a positive sum")
+        return WeightedSampler(pool, seed, weights)
+    if cfg.alpha is not None:
+        return WeightedSampler(pool, seed, [cost(s) ** cfg.alpha for s in pool])
+    raise UserError("sampler=weighted needs sampler.weights=[...] or sampler.alpha=<number>")
