@@ -42,7 +42,7 @@ def load_checkpoint(location: str | os.PathLike, expected_format: str = TRAIN_FO
             f"refused to load {path}: it holds objects other than tensors and plain data "
             "(not a sortednet-cli checkpoint, or a crafted file)"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # a damaged file can fail in any layer of the unpickler
         raise UserError(f"{path} is not a readable checkpoint (truncated or damaged?): {exc}") from None
     if not isinstance(data, dict) or data.get("format") != expected_format:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__

@@ -102,7 +102,7 @@ def _fake_images(n: int, num_classes: int, noise_seed: int) -> ImageSet:
     labels = torch.randint(0, num_classes, (n,), generator=gen)
     noise = torch.randn(n, 3, 32, 32, generator=gen)
     shift = torch.randn(n, 1, 1, 1, generator=gen) * 20
-    images = 128 + 45 * patterns[labels] + 50 * noise + shift
+    images = 128 + 70 * patterns[labels] + 30 * noise + shift
     return ImageSet(images.clamp(0, 255).round().to(torch.uint8), labels)
 
 

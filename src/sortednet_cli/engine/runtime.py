@@ -44,12 +44,14 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int):
-    """Linear warm-up over `warmup_epochs`, then cosine decay to zero; stepped every optimizer step."""
+    """Linear warm-up over `warmup_epochs`, then cosine decay to zero; stepped every optimizer step.
+
+    The warm-up takes at most a quarter of the run, so short runs still decay."""
     if cfg.name != "cosine":
         raise UserError(f"sched.name={cfg.name!r} is not known (known: cosine)")
     if cfg.warmup_epochs < 0:
         raise UserError(f"sched.warmup_epochs must be >= 0 (got {cfg.warmup_epochs})")
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps - 1)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 4)
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -136,10 +136,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         console.print(f"resuming {run_dir} at step {checkpoint['step']}")
 
     # --- set up -----------------------------------------------------------------------------
+    run_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     validate_trainer(trainer)
     device = select_device(trainer.device.value)
     configure_backend(device, trainer.threads)
+    torch.manual_seed(trainer.seed)  # the initial weights
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = build_model(cfg.model).to(device=device, memory_format=memory_format)
     pool = pool_from_config(cfg.pool, model.depth_limits)

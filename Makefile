@@ -1,0 +1,35 @@
+# Every target installs into a local virtualenv (.venv) on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train demo describe test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo '  extra Hydra overrides go in ARGS, e.g. make train ARGS="data.root=../shared/data/cifar10 data.verify=false"'
+
+$(BIN)/sortednet: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/sortednet ## create .venv and install the package with its dev extras
+
+train: $(BIN)/sortednet ## the main job: sortednet train model=cpreresnet20 pool=160
+	$(BIN)/sortednet train model=cpreresnet20 pool=160 $(ARGS)
+
+demo: $(BIN)/sortednet ## a short CPU-friendly run (experiment=quick)
+	$(BIN)/sortednet train model=cpreresnet20 pool=160 experiment=quick $(ARGS)
+
+describe: $(BIN)/sortednet ## list the sub-models of pool=160
+	$(BIN)/sortednet describe model=cpreresnet20 pool=160 $(ARGS)
+
+test: $(BIN)/sortednet ## run the test suite
+	$(BIN)/python -m pytest -q $(ARGS)
+
+clean: ## remove the virtualenv and build leftovers (keeps outputs/)
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,131 @@
+"""The CLI in-process: commands, overrides, multirun, and one-line errors for user mistakes."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, compose_config, run_cli
+
+GROUPS = {
+    "model": ["cpreresnet20"],
+    "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny"],
+    "sampler": ["uniform", "sandwich", "weighted", "full"],
+    "data": ["cifar10", "fake"],
+    "optim": ["sgd"],
+    "sched": ["cosine"],
+    "trainer": ["default"],
+    "logger": ["csv", "wandb", "none"],
+    "experiment": ["paper_cifar10", "quick"],
+}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_config_group_option_composes(group, option):
+    cfg = compose_config("train", [f"{group}={option}"])
+    if group not in ("experiment", "trainer"):
+        assert cfg[group].name == option
+
+
+def test_conf_folder_lists_exactly_the_documented_options():
+    for group, options in GROUPS.items():
+        assert sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml")) == sorted(options)
+
+
+def test_help_lists_commands(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and "train" in out and "describe" in out
+
+
+def test_python_dash_m_behaves_like_the_console_script(tmp_path):
+    by_module = subprocess.run([sys.executable, "-m", "sortednet_cli", "--help"], capture_output=True, text=True)
+    by_script = subprocess.run([str(REPO / ".venv" / "bin" / "sortednet"), "--help"], capture_output=True, text=True) if (REPO / ".venv" / "bin" / "sortednet").exists() else by_module
+    assert by_module.returncode == 0 and by_module.stdout == by_script.stdout
+
+
+def test_describe_writes_one_row_per_sub_model(tmp_path, capsys):
+    code, out, _ = run_cli(["describe", "pool=160", f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 0
+    with open(tmp_path / "pool.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["index", "width", "depth", "channels", "params", "mflops"]
+    assert len(rows) == 160 and rows[-1]["depth"] == "2-2-2" and int(rows[-1]["params"]) == 219482
+    assert "total: 160 sub-models" in out
+    code, _, _ = run_cli(["describe", "pool=full", f"hydra.run.dir={tmp_path / 'full'}"], capsys)
+    assert len((tmp_path / "full" / "pool.csv").read_text().splitlines()) == 2
+
+
+def test_cfg_job_prints_the_composed_config(capsys):
+    code, out, _ = run_cli(["train", "--cfg", "job", "pool=tiny", "trainer.grad_accum=4"], capsys)
+    assert code == 0 and "grad_accum: 4" in out and "name: tiny" in out
+
+
+def test_train_runs_from_the_cli_with_overrides(tmp_path, capsys):
+    code, out, _ = run_cli(["train", *TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 0, out
+    assert {"last.pt", "metrics.csv", "summary.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert (tmp_path / ".hydra" / "config.yaml").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 16
+
+
+def test_multirun_over_grad_accum_gives_one_run_per_value(tmp_path, capsys):
+    code, out, _ = run_cli(["train", "-m", *TINY, "trainer.epochs=1", "trainer.grad_accum=1,2", f"hydra.sweep.dir={tmp_path}"], capsys)
+    assert code == 0, out
+    steps = [json.loads((tmp_path / str(job) / "summary.json").read_text())["steps"] for job in (0, 1)]
+    assert steps == [16, 8]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pool.widths=[0,1]"], "pool.widths: 0.0 is outside (0, 1]"),
+        (["pool.widths=[0.5,1.5]"], "outside (0, 1]"),
+        (["pool.depths=[3]"], "3-3-3 asks for 3 blocks in stage 1, which has 1..2"),
+        (["pool.depths=[0]"], "which has 1..2"),
+        (["pool.depths=[[1,2]]"], "needs 3 whole numbers"),
+        (["pool.widths=[]"], "pool.widths is empty"),
+        (["pool.depths=[1,1]"], "more than once"),
+        (["trainer.grad_accum=0"], "trainer.grad_accum must be >= 1 (got 0)"),
+        (["trainer.foo=1"], "Key 'foo' not in 'TrainerConfig'"),
+        (["trainer.grad_accum=two"], "Value 'two' of type 'str' could not be converted to Integer"),
+        (["model.norm=batch"], "Invalid value 'batch', expected one of [bn, in, gn]"),
+        (["pool=nope"], "Could not find 'pool/nope'"),
+        (["optimizer=adam"], "Could not override 'optimizer'"),
+        (["data=cifar10", "data.root=/nonexistent"], "CIFAR-10 not found: looked for /nonexistent/cifar-10-batches-py/"),
+        (["resume=/nonexistent/run"], "no checkpoint at /nonexistent/run"),
+        (["sampler=weighted", "sampler.weights=[1,2]"], "sampler.weights has 2 entries but the pool has 4"),
+        (["trainer.device=cuda"] if not torch.cuda.is_available() else ["trainer.epochs=0"], "trainer."),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys, args, message):
+    code, out, err = run_cli(["train", *TINY, *args, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sortednet: error: ") and message in lines[0]
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_resume_from_something_that_is_not_a_checkpoint(tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("hello")
+    code, _, err = run_cli(["train", f"resume={not_a_checkpoint}", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a readable checkpoint" in err
+    assert not_a_checkpoint.read_text() == "hello"
+
+
+def test_corrupt_dataset_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"\x80\x02garbage")
+    code, _, err = run_cli(["train", f"data.root={tmp_path}", "data.verify=false", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "could not be read" in err
+
+
+def test_unknown_command(capsys):
+    code, _, err = run_cli(["trian"], capsys)
+    assert code == 2 and "unknown command 'trian'" in err

@@ -1,0 +1,174 @@
+import csv
+import io
+import json
+import os
+import pickle
+import signal
+
+import pytest
+import torch
+from rich.console import Console
+
+import sortednet_cli.engine.train as train_module
+from sortednet_cli.engine.checkpoint import load_checkpoint
+from sortednet_cli.engine.train import train
+from sortednet_cli.errors import UserError
+from sortednet_cli.reports.loggers import METRIC_COLUMNS
+
+from conftest import TINY, compose_config
+
+
+def quiet():
+    return Console(file=io.StringIO(), width=120)
+
+
+def run(tmp_path, *overrides, name="run"):
+    cfg = compose_config("train", [*TINY, *overrides])
+    return train(cfg, tmp_path / name, console=quiet())
+
+
+@pytest.fixture
+def tmp_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    return tmp_path
+
+
+def test_tiny_fake_run_learns_and_writes_its_files(tmp_run):
+    result = run(tmp_run, "trainer.epochs=4")
+    run_dir = tmp_run / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("final_loss", "steps", "images_per_second", "wall_seconds", "quick_eval"):
+        assert key in summary
+    assert summary["steps"] == 4 * (512 // 32)
+    assert [(q["width"], q["depth"]) for q in summary["quick_eval"]] == [(1.0, "2-2-2"), (1.0, "1-1-1"), (0.5, "1-1-1")]
+    assert all(0 <= q["accuracy"] <= 1 for q in summary["quick_eval"])
+    assert summary["quick_eval"][0]["accuracy"] > 0.3  # chance is 0.1
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == METRIC_COLUMNS
+    assert len(rows) == summary["steps"]  # one draw per step
+    assert {r["depth"] for r in rows} <= {"1-1-1", "2-2-2"}
+    assert load_checkpoint(run_dir)["step"] == summary["steps"]
+    assert result.summary == summary
+
+
+def test_grad_accum_logs_every_draw(tmp_run):
+    run(tmp_run, "trainer.epochs=1", "trainer.grad_accum=3", "logger=csv")
+    with open(tmp_run / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # 16 mini-batches in groups of 3: five steps of 3 draws, then one of 1
+    expected = [(step, draw) for step in range(1, 6) for draw in range(3)] + [(6, 0)]
+    assert [(int(r["step"]), int(r["draw"])) for r in rows] == expected
+
+
+def test_accum_same_batch_takes_one_batch_per_step(tmp_run):
+    result = run(tmp_run, "trainer.epochs=1", "trainer.grad_accum=2", "trainer.accum_same_batch=true")
+    assert result.summary["steps"] == 16
+
+
+def interrupt_at(monkeypatch, call_number):
+    """Press Ctrl-C (a real SIGINT) during the given optimizer step."""
+    calls = {"n": 0}
+    original = train_module.sorted_update
+
+    def update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call_number:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sorted_update", update)
+
+
+@pytest.mark.parametrize("extra", [[], ["trainer.grad_accum=2", "sampler=sandwich"]])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch, extra):
+    overrides = ["trainer.epochs=2", "trainer.log_every=3", *extra]
+    straight = run(tmp_path, *overrides, name="straight")
+
+    interrupt_at(monkeypatch, 5)
+    stopped = run(tmp_path, *overrides, name="stopped")
+    assert stopped.interrupted and load_checkpoint(tmp_path / "stopped")["step"] == 5
+    monkeypatch.undo()
+    resumed = train(compose_config("train", [*TINY, *overrides, f"resume={tmp_path / 'stopped'}"]), tmp_path / "elsewhere", console=quiet())
+
+    assert resumed.run_dir == tmp_path / "stopped"
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
+    assert a["step"] == b["step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    with open(tmp_path / "straight" / "metrics.csv") as f1, open(tmp_path / "stopped" / "metrics.csv") as f2:
+        losses = lambda f: [(r["step"], r["draw"], r["loss"]) for r in csv.DictReader(f)]
+        assert losses(f1) == losses(f2)
+    assert straight.summary["quick_eval"] == resumed.summary["quick_eval"]
+
+
+def test_resume_refuses_to_change_the_run(tmp_run):
+    run(tmp_run, "trainer.epochs=1")
+    cfg = compose_config("train", [*TINY, f"resume={tmp_run / 'run'}", "pool=160"])
+    with pytest.raises(UserError, match="'pool=160' cannot change when resuming"):
+        train(cfg, tmp_run / "other", overrides=["pool=160", f"resume={tmp_run / 'run'}"], console=quiet())
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch exploited",))
+
+
+def test_a_crafted_checkpoint_cannot_run_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "sortednet-cli/train/1", "model": Exploit()}, tmp_path / "evil.pt")
+    with open(tmp_path / "evil_plain.pt", "wb") as f:
+        pickle.dump(Exploit(), f)
+    for name in ("evil.pt", "evil_plain.pt"):
+        with pytest.raises(UserError, match="refused to load"):
+            load_checkpoint(tmp_path / name)
+    assert not (tmp_path / "exploited").exists()
+
+
+def test_foreign_and_damaged_checkpoints_are_named(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a sortednet-cli checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(UserError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_a_diverging_run_stops_naming_step_and_sub_model(tmp_run):
+    with pytest.raises(UserError, match=r"loss became (nan|inf) at step \d+ on sub-model w=[\d.]+ d=[\d-]+"):
+        run(tmp_run, "optim.lr=1e30", "trainer.log_every=1")
+    assert not (tmp_run / "run" / "last.pt").exists()
+
+
+def test_wandb_logger_runs_offline(tmp_run, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(tmp_run, "trainer.epochs=1", "logger=wandb")
+    assert (tmp_run / "run" / "metrics.csv").exists()
+    assert list((tmp_run / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_norm_variants_train(tmp_run):
+    for norm in ("in", "gn"):
+        result = run(tmp_run, "trainer.epochs=1", f"model.norm={norm}", name="run")
+        assert result.summary["final_loss"] > 0
+
+
+def test_tiny_real_cifar10_run_beats_chance(tmp_run, cifar10_root):
+    result = run(
+        tmp_run,
+        "data=cifar10",
+        f"data.root={cifar10_root}",
+        "data.verify=false",
+        "data.train_subset=2560",
+        "data.val_size=1000",
+        "data.eval_split=val",
+        "pool=full",
+        "trainer.epochs=2",
+        "trainer.batch_size=128",
+        "optim.lr=0.05",
+    )
+    assert result.summary["quick_eval"][0]["accuracy"] > 0.2
