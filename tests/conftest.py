@@ -27,6 +27,7 @@ TINY = [
     "trainer.batch_size=32",
     "trainer.device=cpu",
     "sched.warmup_epochs=0",
+    "trainer.eval_grid=false",
     "eval.calib_images=256",
 ]
 

@@ -52,6 +52,22 @@ class BnMode(str, Enum):
     running = "running"
 
 
+class EvalMethod(str, Enum):
+    shared = "shared"
+    naive = "naive"
+
+
+class CostName(str, Enum):
+    mflops = "mflops"
+    params = "params"
+    latency = "latency"
+
+
+class SubKind(str, Enum):
+    one = "one"
+    selected = "selected"
+
+
 @dataclass
 class ModelConfig:
     name: str = "cpreresnet20"
@@ -121,6 +137,8 @@ class TrainerConfig:
     channels_last: bool = True
     checkpoint_every: int = 1
     log_every: int = 20
+    # Run eval-grid and select at the end, into the same run directory.
+    eval_grid: bool = True
 
 
 @dataclass
@@ -136,6 +154,29 @@ class EvalConfig:
     bn: BnMode = BnMode.recalibrate
     calib_images: int = 2000
     batch_size: int = 500
+    method: EvalMethod = EvalMethod.shared
+    latency: bool = True
+    latency_repeats: int = 5
+    # A number, or the run directory of another train run whose full model is the baseline;
+    # null: this checkpoint's own full model.
+    baseline: Optional[str] = None
+
+
+@dataclass
+class SelectConfig:
+    min_accuracy: Optional[float] = None
+    min_relative: Optional[float] = 0.96
+    cost: CostName = CostName.mflops
+    budget: Optional[float] = None
+
+
+@dataclass
+class SubConfig:
+    kind: SubKind = SubKind.one
+    width: float = 1.0
+    depth: Any = "max"
+    # sub=selected: the selected.json to export (default: the one beside the checkpoint).
+    file: Optional[str] = None
 
 
 @dataclass
@@ -149,8 +190,38 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     # A train run directory or a last.pt to continue from.
     resume: Optional[str] = None
+
+
+@dataclass
+class EvalGridConfig:
+    # A train run directory or .pt; null: the newest train run under outputs/.
+    checkpoint: Optional[str] = None
+    # null: the checkpoint's own pool.
+    pool: Optional[PoolConfig] = None
+    # The checkpoint's data settings, with data.* overrides from the command line on top.
+    data: DataConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    device: Device = Device.auto
+
+
+@dataclass
+class SelectCommandConfig:
+    # A grid.csv, or a directory holding one; null: the newest grid under outputs/.
+    grid: Optional[str] = None
+    select: SelectConfig = field(default_factory=SelectConfig)
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: Optional[str] = None
+    sub: SubConfig = field(default_factory=SubConfig)
+    data: DataConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: Device = Device.auto
 
 
 @dataclass
@@ -163,3 +234,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="describe_schema", node=DescribeConfig)
+    cs.store(name="eval_grid_schema", node=EvalGridConfig)
+    cs.store(name="select_schema", node=SelectCommandConfig)
+    cs.store(name="export_schema", node=ExportConfig)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from rich.console import Console
 
+from ..reports.console import make_console
 from ..cli import hydra_command
 from ..models import build_model
 from ..engine.train import pool_from_config
@@ -19,7 +19,7 @@ def main(cfg: DictConfig) -> None:
     rows = describe_pool(model, pool)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = write_pool_csv(rows, run_dir / "pool.csv")
-    console = Console()
+    console = make_console()
     table, totals = pool_table(rows, model, pool)
     console.print(table)
     console.print(totals, highlight=False)

@@ -1,65 +1,41 @@
-"""Accuracy of one sub-model, with BatchNorm statistics recalibrated for it first."""
+"""What evaluations measure: the eval split and a fixed set of un-augmented calibration images."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..models.layers import SlicedBatchNorm2d
+from ..sorted.grid import METHODS
+from ..sorted.pool import Pool
 from ..sorted.submodel import SubModel
-from .data import ImageSet, Normalizer, eval_batches
+from .data import ImageSet, Normalizer, Splits, eval_batches
 
 
-def batch_norms(model: nn.Module) -> list[SlicedBatchNorm2d]:
-    return [m for m in model.modules() if isinstance(m, SlicedBatchNorm2d)]
+@dataclass
+class EvalData:
+    eval: ImageSet
+    calib: ImageSet
+    batch_size: int
+    normalize: Normalizer
 
+    @classmethod
+    def from_splits(cls, splits: Splits, eval_cfg, device: torch.device, normalize: Normalizer) -> "EvalData":
+        """The eval split, and the first `eval.calib_images` training images for BN statistics."""
+        return cls(splits.eval.to(device), splits.train.first(eval_cfg.calib_images).to(device), eval_cfg.batch_size, normalize)
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, sub: SubModel, batches: Iterable[torch.Tensor]) -> None:
-    """Recompute the running statistics `sub` uses as a cumulative average over `batches`.
-
-    The shared buffers are overwritten: callers work on a copy or reload afterwards."""
-    norms = batch_norms(model)
-    if not norms:
-        return
-    saved_momentum = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for images in batches:
-        model(images, sub)
-    for m, momentum in zip(norms, saved_momentum):
-        m.momentum = momentum
-    model.eval()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, sub: SubModel, data: ImageSet, batch_size: int, normalize: Normalizer) -> float:
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
-    for images, labels in eval_batches(data, batch_size, normalize):
-        correct += (model(images, sub).argmax(1) == labels).sum()
-    return correct.item() / max(1, len(data))
-
-
-class SubModelEvaluator:
-    """Measures sub-models one at a time: recalibrate (when asked and the model has BN), then
-    count correct predictions. Calibration uses a fixed set of un-augmented training images."""
-
-    def __init__(self, eval_data: ImageSet, calib_data: ImageSet, batch_size: int, normalize: Normalizer, recalibrate: bool):
-        self.eval_data = eval_data
-        self.calib_data = calib_data
-        self.batch_size = batch_size
-        self.normalize = normalize
-        self.recalibrate = recalibrate
+    def eval_batches(self):
+        return eval_batches(self.eval, self.batch_size, self.normalize)
 
     def calib_batches(self):
-        return (images for images, _ in eval_batches(self.calib_data, self.batch_size, self.normalize))
+        return eval_batches(self.calib, self.batch_size, self.normalize)
 
-    def __call__(self, model: nn.Module, sub: SubModel) -> float:
-        if self.recalibrate:
-            recalibrate_bn(model, sub, self.calib_batches())
-        return accuracy(model, sub, self.eval_data, self.batch_size, self.normalize)
+
+def recalibrates(model: nn.Module, eval_cfg) -> bool:
+    return eval_cfg.bn.value == "recalibrate" and model.has_batch_norm
+
+
+def evaluate_pool(model: nn.Module, pool: Pool, data: EvalData, eval_cfg, method: str = "shared") -> dict[SubModel, float]:
+    """Accuracy in [0, 1] of every pool member; the model's own buffers are left as they were."""
+    return METHODS[method](model, pool, data.eval_batches, data.calib_batches, recalibrates(model, eval_cfg))

@@ -8,7 +8,6 @@ checkpoint at any step reproduces the uninterrupted run exactly.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import signal
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from ..reports.console import make_console
 from ..config import TrainConfig
 from ..errors import UserError
 from ..models import build_model
@@ -35,7 +35,9 @@ from ..sorted.submodel import format_depth
 from ..sorted.update import sorted_update
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
 from .data import Normalizer, TrainBatches, load_splits
-from .evaluate import SubModelEvaluator
+from .evaluate import EvalData, evaluate_pool
+from .grid import run_grid
+from .overrides import overlay, override_keys
 from .runtime import build_optimizer, build_scheduler, configure_backend, select_device
 
 SUMMARY_FILE = "summary.json"
@@ -47,11 +49,13 @@ RESUMABLE_KEYS = (
     "trainer.threads",
     "trainer.log_every",
     "trainer.checkpoint_every",
+    "trainer.eval_grid",
     "logger",
     "data.root",
     "data.verify",
     "data.download",
     "eval",
+    "select",
 )
 
 
@@ -89,15 +93,14 @@ class StopOnInterrupt:
 def config_for_resume(checkpoint: dict, cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """The checkpoint's own config, with the command line's runtime-only overrides applied."""
     saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(checkpoint["config"]))
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+    keys = override_keys(overrides)
+    for override, key in zip(overrides, keys):
         if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_KEYS):
             raise UserError(
                 f"'{override}' cannot change when resuming (only {', '.join(RESUMABLE_KEYS[1:])} can); "
                 "start a new run instead"
             )
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
-    return saved
+    return overlay(saved, cfg, keys)
 
 
 def validate_trainer(cfg) -> None:
@@ -125,7 +128,7 @@ def quick_eval_members(pool: Pool) -> list:
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console: Optional[Console] = None) -> TrainResult:
-    console = console or Console()
+    console = console or make_console()
     run_dir = Path(run_dir)
     checkpoint = None
     if cfg.resume:
@@ -280,22 +283,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
             return TrainResult(run_dir, summary, interrupted=True)
 
         # --- quick evaluation ---------------------------------------------------------------
-        evaluator = SubModelEvaluator(
-            splits.eval.to(device),
-            splits.train.first(cfg.eval.calib_images).to(device),
-            cfg.eval.batch_size,
-            normalize,
-            recalibrate=cfg.eval.bn.value == "recalibrate" and model.has_batch_norm,
-        )
-        scratch = copy.deepcopy(model)  # recalibration rewrites BN statistics: keep the trained ones
-        quick = [
-            {"width": s.width, "depth": format_depth(s.depth), "accuracy": evaluator(scratch, s)}
-            for s in quick_eval_members(pool)
-        ]
+        eval_data = EvalData.from_splits(splits, cfg.eval, device, normalize)
+        members = quick_eval_members(pool)
+        scores = evaluate_pool(model, Pool("quick", tuple(members)), eval_data, cfg.eval, method="naive")
+        quick = [{"width": s.width, "depth": format_depth(s.depth), "accuracy": scores[s]} for s in members]
         console.print(accuracy_table(quick, title=f"quick evaluation on {splits.eval_name} ({len(splits.eval)} images)"))
         summary["quick_eval"] = quick
         _write_json(run_dir / SUMMARY_FILE, summary)
         logger.log_summary(summary)
+        if trainer.eval_grid:
+            run_grid(model, pool, eval_data, cfg.eval, cfg.select, run_dir, str(run_dir / CHECKPOINT_NAME), console, device, trainer.channels_last)
         return TrainResult(run_dir, summary)
     finally:
         logger.close()

@@ -6,7 +6,11 @@ A sorted model is an nn.Module with:
   - `arch` and `sub_arch(sub)`: plain dicts that `build_from_arch` turns back into a network
     (the full one, or `sub` as a standalone network),
   - `has_batch_norm`: whether evaluation must recalibrate running statistics,
-  - `channel_summary(width)`: a short text of the channels a width keeps (for tables).
+  - `channel_summary(width)`: a short text of the channels a width keeps (for tables),
+  - the prefix protocol, so evaluation can share the work of sub-models that agree on their
+    first blocks: `run_stem(x, width)`, `run_block(stage, index, x, width)`,
+    `run_head(x, width)`, `block_module(stage, index)` and `head_module()` (the modules whose
+    buffers, e.g. BatchNorm statistics, belong to one block or to the head).
 """
 
 from __future__ import annotations

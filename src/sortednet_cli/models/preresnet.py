@@ -113,6 +113,23 @@ class PreResNet(nn.Module):
         """The architecture description of `sub` as a standalone network."""
         return {**self.arch, **self.channels(sub.width), "blocks": list(sub.depth)}
 
+    # --- the prefix protocol: the pieces of a forward pass, for evaluators that share prefixes
+    def run_stem(self, x: torch.Tensor, width: float) -> torch.Tensor:
+        return self.stem(x, self.channels(width)["stem"])
+
+    def run_block(self, stage: int, index: int, x: torch.Tensor, width: float) -> torch.Tensor:
+        ch = self.channels(width)
+        return self.stages[stage][index](x, ch["planes"][stage], ch["outs"][stage])
+
+    def run_head(self, x: torch.Tensor, width: float) -> torch.Tensor:
+        return self.head(x)
+
+    def block_module(self, stage: int, index: int) -> nn.Module:
+        return self.stages[stage][index]
+
+    def head_module(self) -> nn.Module:
+        return self.head_norm
+
     def forward(self, x: torch.Tensor, sub: Optional[SubModel] = None) -> torch.Tensor:
         if sub is None:
             return self._run(x, None, self.depth_limits)

@@ -1,0 +1,38 @@
+"""sortednet select"""
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ..reports.console import make_console
+from ..cli import hydra_command
+from ..engine.grid import select_and_report
+from ..errors import UserError
+from ..reports.grid_report import read_grid
+
+
+def newest_grid(outputs: Path = Path("outputs")) -> Path:
+    grids = list(outputs.glob("**/grid.csv"))
+    if not grids:
+        raise UserError(f"no grid.csv under {outputs.resolve()}; pass grid=<grid.csv or its directory>")
+    return max(grids, key=lambda p: p.stat().st_mtime)
+
+
+@hydra_command("select")
+def main(cfg: DictConfig) -> None:
+    console = make_console()
+    location = cfg.grid
+    if location is None:
+        location = newest_grid()
+        console.print(f"grid not given: using the newest, {location}", highlight=False)
+    rows, meta, path = read_grid(str(location))
+    baseline = (meta or {}).get("baseline", {}).get("accuracy")
+    if baseline is None:
+        # Without grid.json, the relative column still holds accuracy / baseline.
+        ratios = [r["accuracy"] / r["relative"] for r in rows if r.get("relative")]
+        if not ratios:
+            raise UserError(f"{path} has no relative column values and no grid.json beside it: the baseline is unknown")
+        baseline = ratios[0]
+    title = f"selection from {path}"
+    select_and_report(rows, baseline, cfg.select, title, Path(HydraConfig.get().runtime.output_dir), console)

@@ -1,0 +1,146 @@
+"""eval-grid: measure every sub-model of a pool, write the grid, select above the bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import UserError
+from ..models import build_from_arch
+from ..reports.grid_report import grid_table, save_heatmap, write_grid
+from ..reports.selection_report import print_selection, write_selection
+from ..sorted.extract import mflops_per_image, parameter_count
+from ..sorted.pool import Pool
+from ..sorted.selection import select
+from ..sorted.submodel import SubModel, format_depth
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint
+from .evaluate import EvalData, evaluate_pool
+from .latency import latency_ms_per_image
+
+LATENCY_BATCH_SIZES = (1, 256)
+BASELINE_CACHE = "baseline.json"
+
+
+def newest_train_run(outputs: Path = Path("outputs")) -> Path:
+    candidates = list(outputs.glob(f"train/*/{CHECKPOINT_NAME}")) + list(outputs.glob(f"multirun/train/*/*/{CHECKPOINT_NAME}"))
+    if not candidates:
+        raise UserError(f"no train run with a {CHECKPOINT_NAME} under {outputs.resolve()}; pass checkpoint=<run dir or .pt>")
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent
+
+
+def load_trained(location, device: torch.device) -> tuple[DictConfig, nn.Module, Pool, Path]:
+    """A train checkpoint's config, its model (weights loaded, on `device`) and its pool."""
+    path = resolve_checkpoint(location)
+    checkpoint = load_checkpoint(path)
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(checkpoint["config"]))
+    model = build_from_arch(checkpoint["arch"])
+    model.load_state_dict(checkpoint["model"])
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format).eval()
+    return cfg, model, Pool.from_dict(checkpoint["pool"]), path
+
+
+def _eval_key(data: EvalData, eval_cfg) -> str:
+    return f"{len(data.eval)} images|{float(data.eval.labels.float().sum())}|bn={eval_cfg.bn.value}|calib={len(data.calib)}"
+
+
+def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data: EvalData, eval_cfg, method: str, device: torch.device) -> dict:
+    """The accuracy relative numbers divide by, and where it came from."""
+    full = SubModel(1.0, tuple(model.depth_limits))
+    if value is None:
+        accuracy = scores[full] if full in scores else evaluate_pool(model, Pool("full", (full,)), data, eval_cfg, method)[full]
+        return {"accuracy": accuracy, "source": "this checkpoint's full model"}
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is not None:
+        if not 0 < number <= 1:
+            raise UserError(f"eval.baseline={value} must be an accuracy in (0, 1] or a train run directory")
+        return {"accuracy": number, "source": "given number"}
+    run = resolve_checkpoint(value).parent
+    cache_path = run / BASELINE_CACHE
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    key = _eval_key(data, eval_cfg)
+    if key not in cache:
+        _, other, _, _ = load_trained(run, device)
+        other_full = SubModel(1.0, tuple(other.depth_limits))
+        cache[key] = evaluate_pool(other, Pool("full", (other_full,)), data, eval_cfg, method)[other_full]
+        cache_path.write_text(json.dumps(cache, indent=2) + "\n")
+    return {"accuracy": cache[key], "source": f"full model of {run}"}
+
+
+def run_grid(
+    model: nn.Module,
+    pool: Pool,
+    data: EvalData,
+    eval_cfg,
+    select_cfg,
+    run_dir: Path,
+    label: str,
+    console: Console,
+    device: torch.device,
+    channels_last: bool = True,
+) -> dict:
+    """Evaluate the pool, write grid.csv/json/png and the selection; return the grid's metadata."""
+    method = eval_cfg.method.value
+    console.print(f"evaluating {len(pool)} sub-models on {len(data.eval)} images (method {method}, bn {eval_cfg.bn.value})", highlight=False)
+    start = time.perf_counter()
+    scores = evaluate_pool(model, pool, data, eval_cfg, method)
+    eval_seconds = time.perf_counter() - start
+    baseline = resolve_baseline(eval_cfg.baseline, model, scores, data, eval_cfg, method, device)
+    if eval_cfg.latency and eval_cfg.latency_repeats < 1:
+        raise UserError(f"eval.latency_repeats must be >= 1 (got {eval_cfg.latency_repeats})")
+
+    rows = []
+    for sub in pool:
+        row = {
+            "width": sub.width,
+            "depth": format_depth(sub.depth),
+            "params": parameter_count(model, sub),
+            "mflops": round(mflops_per_image(model, sub), 4),
+            "accuracy": scores[sub],
+            "relative": scores[sub] / baseline["accuracy"] if baseline["accuracy"] > 0 else None,
+            "latency_ms_bs1": None,
+            "latency_ms_bs256": None,
+        }
+        if eval_cfg.latency:
+            for batch_size in LATENCY_BATCH_SIZES:
+                row[f"latency_ms_bs{batch_size}"] = round(latency_ms_per_image(model, sub, batch_size, eval_cfg.latency_repeats, channels_last), 5)
+        rows.append(row)
+
+    meta = {
+        "checkpoint": label,
+        "pool": pool.name,
+        "eval_images": len(data.eval),
+        "method": method,
+        "bn": eval_cfg.bn.value,
+        "calib_images": len(data.calib),
+        "device": str(device),
+        "eval_seconds": eval_seconds,
+        "baseline": baseline,
+    }
+    write_grid(rows, meta, run_dir)
+    title = f"pool {pool.name} ({len(pool)} sub-models) | {label}"
+    save_heatmap(rows, title, run_dir / "grid.png")
+    console.print(grid_table(rows, "accuracy (%): rows depth, columns width"))
+    console.print(f"baseline {100 * baseline['accuracy']:.2f}% ({baseline['source']})", highlight=False)
+    console.print(f"grid: {run_dir / 'grid.csv'}, {run_dir / 'grid.png'} ({eval_seconds:.1f} s of evaluation)", highlight=False)
+    select_and_report(rows, baseline["accuracy"], select_cfg, title, run_dir, console)
+    return meta
+
+
+def select_and_report(rows: list[dict], baseline: float, select_cfg, title: str, run_dir: Path, console: Console) -> dict:
+    result = select(rows, baseline, select_cfg.min_accuracy, select_cfg.min_relative, select_cfg.cost.value, select_cfg.budget)
+    write_selection(result, rows, title, run_dir)
+    print_selection(console, result)
+    console.print(f"selection: {run_dir / 'selected.json'}, {run_dir / 'selection.png'}", highlight=False)
+    return result

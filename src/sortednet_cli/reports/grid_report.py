@@ -1,0 +1,127 @@
+"""The grid as files (grid.csv, grid.json), a heatmap (grid.png) and a terminal table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from ..errors import UserError
+from ..sorted.submodel import depth_order_key, parse_depth
+
+GRID_COLUMNS = ["width", "depth", "params", "mflops", "accuracy", "relative", "latency_ms_bs1", "latency_ms_bs256"]
+NUMERIC = {"width": float, "params": int, "mflops": float, "accuracy": float, "relative": float, "latency_ms_bs1": float, "latency_ms_bs256": float}
+
+
+def write_grid(rows: list[dict], meta: dict, run_dir: Path) -> None:
+    with open(run_dir / "grid.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, GRID_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if row[k] is None else row[k]) for k in GRID_COLUMNS} for row in rows)
+    (run_dir / "grid.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+
+
+def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path]:
+    """Rows of a grid.csv (or of the grid.csv in a directory), and its grid.json when beside it."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        path = path / "grid.csv"
+    if not path.is_file():
+        raise UserError(f"no grid at {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in GRID_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} is not a grid: missing columns {', '.join(missing)}")
+        try:
+            rows = [{k: (NUMERIC[k](v) if v != "" else None) if k in NUMERIC else v for k, v in row.items() if k in GRID_COLUMNS} for row in reader]
+        except ValueError as exc:
+            raise UserError(f"{path} has a value that is not a number: {exc}") from None
+    if not rows:
+        raise UserError(f"{path} has no rows")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    return rows, meta, path
+
+
+def _axes(rows: list[dict]):
+    widths = sorted({r["width"] for r in rows})
+    depths = sorted({r["depth"] for r in rows}, key=lambda d: depth_order_key(parse_depth(d)))
+    return widths, depths
+
+
+def grid_matrix(rows: list[dict], key: str = "accuracy"):
+    widths, depths = _axes(rows)
+    cell = {(r["width"], r["depth"]): r for r in rows}
+    matrix = [[cell[(w, d)][key] if (w, d) in cell else math.nan for w in widths] for d in depths]
+    return widths, depths, matrix
+
+
+def draw_heatmap(ax, rows: list[dict], bar: Optional[float] = None, vmin=None, vmax=None, key="accuracy", show_relative=True):
+    """Width on x, depth settings on y; each cell shows the accuracy and its % of the baseline.
+    Darker is better. Cells below `bar` are masked grey."""
+    import numpy as np
+
+    widths, depths, matrix = grid_matrix(rows, key)
+    values = np.array(matrix, dtype=float) * (100 if key == "accuracy" else 1)
+    masked = np.ma.masked_invalid(values)
+    if bar is not None:
+        masked = np.ma.masked_where(values < bar * 100, masked)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["Blues"].copy()
+    cmap.set_bad("#d9d9d9")
+    shown = masked.compressed() if masked.count() else np.array([0.0])
+    lo = vmin if vmin is not None else float(shown.min())
+    hi = vmax if vmax is not None else float(shown.max())
+    image = ax.imshow(masked, cmap=cmap, aspect="auto", vmin=lo, vmax=hi, origin="lower")
+    relative = {(r["width"], r["depth"]): r.get("relative") for r in rows}
+    small = len(widths) > 10
+    for y, depth in enumerate(depths):
+        for x, width in enumerate(widths):
+            v = values[y, x]
+            if math.isnan(v):
+                continue
+            dark = hi > lo and (v - lo) / (hi - lo) > 0.6 and not (bar is not None and v < bar * 100)
+            text = f"{v:.1f}"
+            rel = relative.get((width, depth))
+            if show_relative and rel is not None:
+                text += f"\n{100 * rel:.0f}%"
+            ax.text(x, y, text, ha="center", va="center", fontsize=6.5 if small else 9, color="white" if dark else "black")
+    ax.set_xticks(range(len(widths)), [f"{w:g}" for w in widths], fontsize=8)
+    ax.set_yticks(range(len(depths)), depths, fontsize=8)
+    ax.set_xlabel("width")
+    ax.set_ylabel("depth (blocks per stage)")
+    return image
+
+
+def save_heatmap(rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths, depths = _axes(rows)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(widths) + 2.5), max(3.0, 0.6 * len(depths) + 1.6)))
+    image = draw_heatmap(ax, rows)
+    fig.colorbar(image, ax=ax, label="accuracy (%)", fraction=0.03, pad=0.02)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def grid_table(rows: list[dict], title: str) -> Table:
+    """Rows = depth settings, columns = widths, cells = accuracy %."""
+    widths, depths, matrix = grid_matrix(rows)
+    table = Table(title=title, padding=(0, 0), show_edge=False)
+    table.add_column("depth")
+    for w in widths:
+        table.add_column(f"{w:g}", justify="right")
+    for depth, values in zip(depths, matrix):
+        table.add_row(depth, *("" if math.isnan(v) else f"{100 * v:.1f}" for v in values))
+    return table

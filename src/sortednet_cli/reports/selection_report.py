@@ -1,0 +1,79 @@
+"""selected.json, selection.png and the terminal summary of a selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from ..sorted.selection import COST_COLUMNS
+from .grid_report import draw_heatmap
+
+
+def write_selection(result: dict, rows: list[dict], title: str, run_dir: Path) -> None:
+    (run_dir / "selected.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_selection_plot(result, rows, title, run_dir / "selection.png")
+
+
+def save_selection_plot(result: dict, rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cost = COST_COLUMNS[result["bar"]["cost"]]
+    bar = result["bar"]["accuracy"]
+    n_widths = len({r["width"] for r in rows})
+    fig, (scatter, heat) = plt.subplots(1, 2, figsize=(6 + max(5.0, 0.75 * n_widths + 2), 5.2), gridspec_kw={"width_ratios": [1, max(1.0, n_widths / 8)]})
+    below = [r for r in rows if r["accuracy"] < bar]
+    above = [r for r in rows if r["accuracy"] >= bar]
+    scatter.scatter([r[cost] for r in below], [100 * r["accuracy"] for r in below], s=14, color="#bbbbbb", label="below the bar")
+    scatter.scatter([r[cost] for r in above], [100 * r["accuracy"] for r in above], s=16, color="#1f77b4", label="selected")
+    front = result["pareto"]
+    if front:
+        scatter.plot([r[cost] for r in front], [100 * r["accuracy"] for r in front], "-o", color="#d62728", ms=4, label="Pareto front")
+    scatter.axhline(100 * bar, color="black", ls="--", lw=1, label=f"bar {100 * bar:.1f}%")
+    scatter.set_xlabel({"mflops": "MFLOPs per image", "params": "parameters", "latency_ms_bs1": "latency (ms/image, batch 1)"}[cost])
+    scatter.set_ylabel("accuracy (%)")
+    scatter.set_title(f"{len(above)} of {len(rows)} sub-models selected", fontsize=10)
+    scatter.legend(fontsize=8, loc="lower right")
+    scatter.grid(alpha=0.3)
+    draw_heatmap(heat, rows, bar=bar)
+    heat.set_title("grid, cells below the bar masked", fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def print_selection(console: Console, result: dict) -> None:
+    bar = result["bar"]
+    pieces = []
+    if bar["min_relative"] is not None:
+        pieces.append(f"{100 * bar['min_relative']:.0f}% of baseline {100 * bar['baseline']:.2f}%")
+    if bar["min_accuracy"] is not None:
+        pieces.append(f"absolute {100 * bar['min_accuracy']:.2f}%")
+    console.print(f"bar: {100 * bar['accuracy']:.2f}% ({' and '.join(pieces)}), cost: {bar['cost']}", highlight=False)
+    if not result["selected"]:
+        best = result["best"]
+        console.print(
+            f"no sub-model reaches the bar; the best is width {best['width']:g} depth {best['depth']} "
+            f"at {100 * best['accuracy']:.2f}%",
+            highlight=False,
+        )
+        return
+    cost = COST_COLUMNS[bar["cost"]]
+    cheapest = result["selected"][0]
+    console.print(
+        f"selected {len(result['selected'])} sub-models, {len(result['pareto'])} on the Pareto front; "
+        f"cheapest: width {cheapest['width']:g} depth {cheapest['depth']} ({cheapest[cost]:g} {bar['cost']}, "
+        f"{100 * cheapest['accuracy']:.2f}%)",
+        highlight=False,
+    )
+    if result["budget"]:
+        pick = result["budget"]["best"]
+        if pick:
+            console.print(f"within budget {result['budget']['limit']:g} {bar['cost']}: width {pick['width']:g} depth {pick['depth']} at {100 * pick['accuracy']:.2f}%", highlight=False)
+        else:
+            console.print(f"no sub-model fits within budget {result['budget']['limit']:g} {bar['cost']}", highlight=False)
