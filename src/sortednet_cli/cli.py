@@ -114,3 +114,15 @@ def main(argv: Optional[list[str]] = None) -> None:
         if os.environ.get("SORTEDNET_TRACEBACK"):
             raise
         fail(one_line(exc))
+    except AssertionError as exc:
+        # OmegaConf asserts when a key is set under a group left empty (eval-grid's pool).
+        if os.environ.get("SORTEDNET_TRACEBACK") or not _raised_in_omegaconf(exc):
+            raise
+        fail("an override sets a key under a config group with no option chosen; choose one first, e.g. pool=160 pool.widths=[0.5,1.0]")
+
+
+def _raised_in_omegaconf(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("omegaconf")

@@ -19,7 +19,7 @@ from ..reports.grid_report import grid_table, save_heatmap, write_grid
 from ..reports.selection_report import print_selection, write_selection
 from ..sorted.extract import mflops_per_image, parameter_count
 from ..sorted.pool import Pool
-from ..sorted.selection import select
+from ..sorted.selection import check_bar, select
 from ..sorted.submodel import SubModel, format_depth
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint
 from .evaluate import EvalData, evaluate_pool
@@ -91,14 +91,15 @@ def run_grid(
     channels_last: bool = True,
 ) -> dict:
     """Evaluate the pool, write grid.csv/json/png and the selection; return the grid's metadata."""
+    check_bar(select_cfg.min_accuracy, select_cfg.min_relative)
+    if eval_cfg.latency and eval_cfg.latency_repeats < 1:
+        raise UserError(f"eval.latency_repeats must be >= 1 (got {eval_cfg.latency_repeats})")
     method = eval_cfg.method.value
     console.print(f"evaluating {len(pool)} sub-models on {len(data.eval)} images (method {method}, bn {eval_cfg.bn.value})", highlight=False)
     start = time.perf_counter()
     scores = evaluate_pool(model, pool, data, eval_cfg, method)
     eval_seconds = time.perf_counter() - start
     baseline = resolve_baseline(eval_cfg.baseline, model, scores, data, eval_cfg, method, device)
-    if eval_cfg.latency and eval_cfg.latency_repeats < 1:
-        raise UserError(f"eval.latency_repeats must be >= 1 (got {eval_cfg.latency_repeats})")
 
     rows = []
     for sub in pool:

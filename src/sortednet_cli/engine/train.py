@@ -31,6 +31,7 @@ from ..reports.tables import accuracy_table
 from ..sorted.extract import mflops_per_image
 from ..sorted.pool import Pool, build_pool
 from ..sorted.sampler import build_sampler
+from ..sorted.selection import check_bar
 from ..sorted.submodel import format_depth
 from ..sorted.update import sorted_update
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
@@ -142,6 +143,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     validate_trainer(trainer)
+    if trainer.eval_grid:  # a bad bar should fail now, not after hours of training
+        check_bar(cfg.select.min_accuracy, cfg.select.min_relative)
     device = select_device(trainer.device.value)
     configure_backend(device, trainer.threads)
     torch.manual_seed(trainer.seed)  # the initial weights

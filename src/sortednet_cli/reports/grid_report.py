@@ -73,8 +73,7 @@ def draw_heatmap(ax, rows: list[dict], bar: Optional[float] = None, vmin=None, v
         masked = np.ma.masked_where(values < bar * 100, masked)
     import matplotlib
 
-    cmap = matplotlib.colormaps["Blues"].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#d9d9d9")
     shown = masked.compressed() if masked.count() else np.array([0.0])
     lo = vmin if vmin is not None else float(shown.min())
     hi = vmax if vmax is not None else float(shown.max())

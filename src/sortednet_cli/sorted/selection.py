@@ -14,14 +14,19 @@ from .submodel import depth_order_key, parse_depth
 COST_COLUMNS = {"mflops": "mflops", "params": "params", "latency": "latency_ms_bs1"}
 
 
-def accuracy_bar(baseline: float, min_accuracy: Optional[float], min_relative: Optional[float]) -> dict:
-    """The bar: the higher of the absolute and the relative one, whichever are given."""
+def check_bar(min_accuracy: Optional[float], min_relative: Optional[float]) -> None:
+    """Fail early (before any evaluation) on a bar that cannot be met or makes no sense."""
     if min_accuracy is None and min_relative is None:
         raise UserError("give select.min_accuracy and/or select.min_relative")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UserError(f"select.min_accuracy must be in [0, 1] (accuracy is a fraction), got {min_accuracy}")
     if min_relative is not None and not 0 < min_relative <= 1:
         raise UserError(f"select.min_relative must be in (0, 1] (a fraction of the baseline), got {min_relative}")
+
+
+def accuracy_bar(baseline: float, min_accuracy: Optional[float], min_relative: Optional[float]) -> dict:
+    """The bar: the higher of the absolute and the relative one, whichever are given."""
+    check_bar(min_accuracy, min_relative)
     candidates = []
     if min_accuracy is not None:
         candidates.append(min_accuracy)
