@@ -7,10 +7,13 @@ stderr and exit code 2; set SORTEDNET_TRACEBACK=1 to see the traceback instead.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 from typing import Callable, Optional
 
 import hydra
@@ -27,6 +30,7 @@ COMMANDS = {
     "select": "re-select sub-models from a grid with a new accuracy bar (no re-evaluation)",
     "export": "write sub-models out as small standalone checkpoints",
     "describe": "list a pool's sub-models with channels, parameters and MFLOPs",
+    "bench": "measure the fast paths against plain PyTorch, side by side (bench.json)",
 }
 
 CONFIG_PACKAGE = "pkg://sortednet_cli.conf"
@@ -88,6 +92,17 @@ def quote_numeric_options(args: list[str]) -> list[str]:
     return quoted
 
 
+def secondary_rank_overrides() -> list[str]:
+    """Under torchrun, ranks other than 0 write nothing: their Hydra run directory is a
+    temporary one, removed at exit, so a run has one directory."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return []
+    scratch = tempfile.mkdtemp(prefix=f"sortednet-rank{rank}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+
+
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: sortednet <command> [hydra overrides] [-m] [--cfg job] [--help]", "", "commands:"]
@@ -105,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if command not in COMMANDS:
         fail(f"unknown command {command!r} (commands: {', '.join(COMMANDS)}; see sortednet --help)")
     app = importlib.import_module(f"sortednet_cli.commands.{command.replace('-', '_')}").main
-    sys.argv = [f"sortednet {command}", *quote_numeric_options(argv[1:])]
+    sys.argv = [f"sortednet {command}", *quote_numeric_options(argv[1:]), *secondary_rank_overrides()]
     # Let composition errors reach us instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

@@ -225,6 +225,29 @@ class ExportConfig:
 
 
 @dataclass
+class BenchSettings:
+    quick: bool = False
+    # Each comparison alternates its two sides `rounds` times; medians are reported.
+    rounds: int = 5
+    steps: int = 20  # training steps per timed segment
+    batch_size: int = 128
+    workers: int = 2  # DataLoader workers of the reference loop
+    eval_images: int = 500
+    calib_images: int = 500
+    grid_rounds: int = 2
+
+
+@dataclass
+class BenchConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    device: Device = Device.auto
+    threads: int = 0
+    seed: int = 0
+
+
+@dataclass
 class DescribeConfig:
     model: ModelConfig = MISSING
     pool: PoolConfig = MISSING
@@ -237,3 +260,4 @@ def register_configs() -> None:
     cs.store(name="eval_grid_schema", node=EvalGridConfig)
     cs.store(name="select_schema", node=SelectCommandConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="bench_schema", node=BenchConfig)

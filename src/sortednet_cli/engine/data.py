@@ -159,16 +159,21 @@ def _batch_generator(seed: int, epoch: int, index: int, device: torch.device) ->
     return gen
 
 
-def random_crop_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """RandomCrop(size, padding=4) + RandomHorizontalFlip on a whole uint8 batch in one gather.
+def crop_flip_offsets(n: int, gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per image: crop top and left in 0..2*PAD, and whether to flip (probability one half)."""
+    top = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen, device=device)
+    left = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen, device=device)
+    flip = torch.randint(0, 2, (n, 1), generator=gen, device=device).bool()
+    return top, left, flip
+
+
+def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """RandomCrop(size, padding=4) + RandomHorizontalFlip of a whole uint8 batch in one gather.
 
     The result comes out in channels_last memory order (the gather indexes N, H, W, C)."""
     n, c, h, w = images.shape
     device = images.device
     padded = F.pad(images, (PAD, PAD, PAD, PAD))
-    top = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen, device=device)
-    left = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen, device=device)
-    flip = torch.randint(0, 2, (n, 1), generator=gen, device=device).bool()
     rows = top + torch.arange(h, device=device)
     ascending = torch.arange(w, device=device)
     cols = left + torch.where(flip, w - 1 - ascending, ascending)
@@ -176,6 +181,10 @@ def random_crop_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor
     channel = torch.arange(c, device=device).view(1, 1, 1, c)
     out = padded[batch, channel, rows.view(n, h, 1, 1), cols.view(n, 1, w, 1)]
     return out.permute(0, 3, 1, 2)
+
+
+def random_crop_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return crop_flip(images, *crop_flip_offsets(len(images), gen, images.device))
 
 
 class TrainBatches:
@@ -200,13 +209,17 @@ class TrainBatches:
             self._order = (epoch, torch.randperm(len(self.data), generator=gen, device=device))
         return self._order[1]
 
-    def get(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, epoch: int, index: int, shard: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mini-batch `index` of `epoch`, or this rank's `shard` of it: the random crops are drawn
+        for the whole batch first, so the shards of all ranks make up exactly the whole batch."""
         picks = self._epoch_order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-        images = self.data.images[picks]
-        if self.augment:
-            gen = _batch_generator(self.seed, epoch, index, images.device)
-            images = random_crop_flip(images, gen)
-        return self.normalize(images), self.data.labels[picks]
+        if not self.augment:
+            picks = picks[shard]
+            return self.normalize(self.data.images[picks]), self.data.labels[picks]
+        gen = _batch_generator(self.seed, epoch, index, picks.device)
+        offsets = [o[shard] for o in crop_flip_offsets(len(picks), gen, picks.device)]
+        picks = picks[shard]
+        return self.normalize(crop_flip(self.data.images[picks], *offsets)), self.data.labels[picks]
 
 
 def eval_batches(data: ImageSet, batch_size: int, normalize: Normalizer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -8,6 +8,7 @@ checkpoint at any step reproduces the uninterrupted run exactly.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import signal
@@ -20,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from torch import nn
 
 from ..reports.console import make_console
 from ..config import TrainConfig
 from ..errors import UserError
 from ..models import build_model
-from ..reports.loggers import build_logger
+from ..reports.loggers import NullLogger, build_logger
 from ..reports.progress import TrainProgress
 from ..reports.tables import accuracy_table
 from ..sorted.extract import mflops_per_image
@@ -36,6 +38,7 @@ from ..sorted.submodel import format_depth
 from ..sorted.update import sorted_update
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
 from .data import Normalizer, TrainBatches, load_splits
+from .distributed import any_rank, average_gradients, average_tensor, finish, from_environment, init_process_group, rank_device
 from .evaluate import EvalData, evaluate_pool
 from .grid import run_grid
 from .overrides import overlay, override_keys
@@ -64,6 +67,7 @@ RESUMABLE_KEYS = (
 class TrainResult:
     run_dir: Path
     summary: dict
+    model: nn.Module
     interrupted: bool = False
 
 
@@ -129,7 +133,9 @@ def quick_eval_members(pool: Pool) -> list:
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console: Optional[Console] = None) -> TrainResult:
-    console = console or make_console()
+    ranks = from_environment()
+    # Under torchrun only rank 0 prints and writes; every rank trains.
+    console = (console or make_console()) if ranks.is_main else Console(file=io.StringIO())
     run_dir = Path(run_dir)
     checkpoint = None
     if cfg.resume:
@@ -140,12 +146,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         console.print(f"resuming {run_dir} at step {checkpoint['step']}")
 
     # --- set up -----------------------------------------------------------------------------
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     validate_trainer(trainer)
     if trainer.eval_grid:  # a bad bar should fail now, not after hours of training
         check_bar(cfg.select.min_accuracy, cfg.select.min_relative)
-    device = select_device(trainer.device.value)
+    device = rank_device(select_device(trainer.device.value), ranks)
+    init_process_group(ranks, device)
     configure_backend(device, trainer.threads)
     torch.manual_seed(trainer.seed)  # the initial weights
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
@@ -171,7 +179,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         start_step, elapsed_before, images_before = checkpoint["step"], checkpoint["elapsed_s"], checkpoint["images"]
 
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    logger = build_logger(cfg.logger, run_dir, config_dict, resume_step=start_step if checkpoint else None)
+    logger = build_logger(cfg.logger, run_dir, config_dict, resume_step=start_step if checkpoint else None) if ranks.is_main else NullLogger()
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
         if device.type == "cuda" and trainer.amp
@@ -179,6 +187,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
     )
 
     def save(step: int) -> Path:
+        path = run_dir / CHECKPOINT_NAME
+        if not ranks.is_main:
+            return path
         state = {
             "format": TRAIN_FORMAT,
             "model": model.state_dict(),
@@ -194,14 +205,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
             "config": OmegaConf.to_yaml(cfg, resolve=True),
             "pool": pool.to_dict(),
         }
-        path = run_dir / CHECKPOINT_NAME
         save_atomic(state, path)
         return path
 
     console.print(
         f"training {cfg.model.name} on {splits.train.images.shape[0]} {cfg.data.name.value} images, "
         f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}, grad_accum {g}, "
-        f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}; run dir {run_dir}",
+        f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}"
+        + (f" x {ranks.world_size} ranks" if ranks.enabled else "") + f"; run dir {run_dir}",
         highlight=False,
     )
 
@@ -216,7 +227,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         nonlocal last_losses
         if not pending:
             return
-        values = torch.stack([entry[4] for entry in pending]).float().cpu().tolist()
+        values = average_tensor(torch.stack([entry[4] for entry in pending]).float(), ranks).cpu().tolist()
         elapsed = round(elapsed_before + time.perf_counter() - start_time, 3)
         rows = []
         for (epoch, step, draw, sub, _, lr), loss in zip(pending, values):
@@ -244,28 +255,37 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
                 subs = [sampler.draw(step, d, g) for d in range(num_draws)]
 
                 def draws():
-                    shared = batches.get(epoch, first_batch) if trainer.accum_same_batch else None
+                    shard = ranks.shard(batches.batch_size)
+                    shared = batches.get(epoch, first_batch, shard) if trainer.accum_same_batch else None
                     for d, sub in enumerate(subs):
-                        yield (sub, *(shared or batches.get(epoch, first_batch + d)))
+                        yield (sub, *(shared or batches.get(epoch, first_batch + d, shard)))
 
                 lr = scheduler.get_last_lr()[0]
-                losses = sorted_update(model, optimizer, draws(), num_draws, F.cross_entropy, autocast)
+                losses = sorted_update(model, optimizer, draws(), num_draws, F.cross_entropy, autocast,
+                                       before_step=lambda: average_gradients(model, ranks))
                 scheduler.step()
                 images += num_draws * batches.batch_size
                 pending.extend((epoch, step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses)))
 
                 done = step + 1
                 epoch_end = done % steps_per_epoch == 0
-                if done % trainer.log_every == 0 or epoch_end or done == total_steps or stop.requested:
+                at_flush = done % trainer.log_every == 0 or epoch_end or done == total_steps
+                # Ranks must agree on where to stop, so under torchrun they stop at a flush.
+                if ranks.enabled:
+                    stopping = at_flush and any_rank(stop.requested, ranks, device)
+                else:
+                    stopping = stop.requested
+                if at_flush or stopping:
                     flush()
                 progress.update(done)
-                if stop.requested:
+                if stopping:
                     interrupted = True
                     break
                 if (epoch_end and (epoch + 1) % trainer.checkpoint_every == 0) or done == total_steps:
                     save(done)
 
         wall = time.perf_counter() - start_time
+        finish(ranks)
         summary = {
             "final_loss": sum(last_losses) / len(last_losses) if last_losses else None,
             "steps": done,
@@ -282,8 +302,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
             path = save(done)
             console.print(f"interrupted after step {done}; checkpoint saved to {path}")
             console.print(f"resume with: sortednet train resume={run_dir}", highlight=False)
-            _write_json(run_dir / SUMMARY_FILE, {**summary, "interrupted": True})
-            return TrainResult(run_dir, summary, interrupted=True)
+            if ranks.is_main:
+                _write_json(run_dir / SUMMARY_FILE, {**summary, "interrupted": True})
+            return TrainResult(run_dir, summary, model, interrupted=True)
+        if not ranks.is_main:
+            return TrainResult(run_dir, summary, model)
 
         # --- quick evaluation ---------------------------------------------------------------
         eval_data = EvalData.from_splits(splits, cfg.eval, device, normalize)
@@ -296,7 +319,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         logger.log_summary(summary)
         if trainer.eval_grid:
             run_grid(model, pool, eval_data, cfg.eval, cfg.select, run_dir, str(run_dir / CHECKPOINT_NAME), console, device, trainer.channels_last)
-        return TrainResult(run_dir, summary)
+        return TrainResult(run_dir, summary, model)
     finally:
         logger.close()
 

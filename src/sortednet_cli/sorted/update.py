@@ -20,20 +20,20 @@ def sorted_update(
     num_draws: int,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-    no_sync: Callable[[], ContextManager] = contextlib.nullcontext,
+    before_step: Callable[[], None] = lambda: None,
 ) -> list[torch.Tensor]:
     """Train each drawn (sub-model, inputs, targets) on loss / num_draws, then step once.
 
-    `no_sync` wraps every backward but the last (DDP's gradient all-reduce runs once per step).
-    Returns the per-draw losses, detached and still on the device (no host synchronisation)."""
+    `before_step` runs once the gradients of all draws are in (data parallelism averages them
+    there: one all-reduce per step). Returns the per-draw losses, detached and still on the
+    device (no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
     losses = []
-    for index, (sub, inputs, targets) in enumerate(draws):
-        last = index == num_draws - 1
-        with contextlib.nullcontext() if last else no_sync():
-            with autocast():
-                loss = loss_fn(model(inputs, sub), targets)
-            (loss / num_draws).backward()
+    for sub, inputs, targets in draws:
+        with autocast():
+            loss = loss_fn(model(inputs, sub), targets)
+        (loss / num_draws).backward()
         losses.append(loss.detach())
+    before_step()
     optimizer.step()
     return losses

@@ -1,0 +1,247 @@
+"""sortednet bench: the project's fast paths measured against plain PyTorch, side by side.
+
+Every comparison runs both sides in this one process, on the same device, data, model class
+and sampler, alternating them `rounds` times and reporting medians, so background load or
+clock changes hit both sides alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..models import build_model
+from ..sorted.grid import evaluate_naive, evaluate_shared
+from ..sorted.pool import build_pool
+from ..sorted.sampler import Sampler
+from ..sorted.update import sorted_update
+from .data import CIFAR10_MEAN, CIFAR10_STD, ImageSet, Normalizer, TrainBatches, eval_batches, load_splits
+
+POOL_160_WIDTHS = [round(0.05 * k, 2) for k in range(1, 21)]
+QUICK = {"rounds": 5, "steps": 6, "eval_images": 64, "calib_images": 64, "grid_rounds": 3}
+
+
+def settings(cfg) -> dict:
+    values = {k: getattr(cfg.bench, k) for k in ("rounds", "steps", "batch_size", "workers", "eval_images", "calib_images", "grid_rounds")}
+    if cfg.bench.quick:
+        values.update(QUICK)
+    for key, value in values.items():
+        if value < (0 if key == "workers" else 1):
+            raise UserError(f"bench.{key} must be >= {0 if key == 'workers' else 1} (got {value})")
+    return values
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, from /proc) or peak allocated memory (CUDA) over a block."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mib = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")  # reset the kernel's peak RSS
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            with contextlib.suppress(OSError):
+                for line in Path("/proc/self/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_mib = int(line.split()[1]) / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class ProjectLoop:
+    """The training loop's own pieces: device-resident uint8 data augmented a batch at a time,
+    channels_last, bf16 autocast on CUDA, foreach SGD, losses read back only at the end."""
+
+    def __init__(self, model: nn.Module, sampler: Sampler, data: ImageSet, batch_size: int, seed: int, device: torch.device):
+        self.model = model.to(memory_format=torch.channels_last)
+        self.sampler = sampler
+        self.batches = TrainBatches(data.to(device), batch_size, seed, True, Normalizer(device, channels_last=True))
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+        self.step = 0
+
+    def run(self, steps: int) -> None:
+        losses = []
+        for _ in range(steps):
+            epoch, index = divmod(self.step, len(self.batches))
+            sub = self.sampler.draw(self.step, 0, 1)
+            images, labels = self.batches.get(epoch, index)
+            losses += sorted_update(self.model, self.optimizer, [(sub, images, labels)], 1, F.cross_entropy, self.autocast)
+            self.step += 1
+        torch.stack(losses).sum().item()
+
+
+class PilImages(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 does per item: a PIL image through the transforms."""
+
+    def __init__(self, data: ImageSet, transform):
+        self.images = data.images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.labels = data.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+class ReferenceLoop:
+    """The loop most users (and the LCS code) write: torchvision transforms per PIL image, a
+    DataLoader with workers, NCHW float32, loss.item() every step. Same model class and sampler."""
+
+    def __init__(self, model: nn.Module, sampler: Sampler, data: ImageSet, batch_size: int, workers: int, device: torch.device):
+        from torchvision import transforms
+
+        transform = transforms.Compose([
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+        ])
+        loader = torch.utils.data.DataLoader(
+            PilImages(data, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        )
+        self.loader = loader
+        self.iterator = iter(loader)
+        self.model = model
+        self.sampler = sampler
+        self.device = device
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.step = 0
+
+    def _next(self):
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            return next(self.iterator)
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            images, labels = self._next()
+            images, labels = images.to(self.device), labels.to(self.device)
+            sub = self.sampler.draw(self.step, 0, 1)
+            self.optimizer.zero_grad()
+            loss = F.cross_entropy(self.model(images, sub), labels)
+            loss.backward()
+            self.optimizer.step()
+            loss.item()
+            self.step += 1
+
+
+def alternate(sides: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, dict]:
+    """Run each side once to warm up, then `rounds` times in turn; seconds per run and peak memory."""
+    times = {name: [] for name in sides}
+    peaks = {}
+    for name, run in sides.items():
+        with PeakMemory(device) as peak:
+            run()
+            _sync(device)
+        peaks[name] = peak.peak_mib
+    for _ in range(rounds):
+        for name, run in sides.items():
+            _sync(device)
+            start = time.perf_counter()
+            run()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "runs_s": t, "peak_mib": peaks[name]} for name, t in times.items()}
+
+
+def run_bench(cfg, device: torch.device, console) -> dict:
+    s = settings(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    splits = load_splits(cfg.data, cfg.model.num_classes)
+    torch.manual_seed(cfg.seed)
+    template = build_model(cfg.model)
+    limits = template.depth_limits
+    pool160 = build_pool("160", POOL_160_WIDTHS, "all", limits)
+    full_pool = build_pool("full", [1.0], ["max"], limits)
+
+    def fresh_model() -> nn.Module:
+        model = build_model(cfg.model)
+        model.load_state_dict(template.state_dict())
+        return model.to(device)
+
+    images_per_step = min(s["batch_size"], len(splits.train))
+    console.print(f"bench on {device} ({torch.get_num_threads()} threads), {cfg.data.name.value} data, {len(splits.train)} training images", highlight=False)
+
+    # 1. training throughput: the project's loop against the plain loop, pool=160
+    console.print("1/3 training throughput, pool=160: project loop vs plain DataLoader loop ...")
+    project = ProjectLoop(fresh_model(), Sampler(pool160, cfg.seed), splits.train, s["batch_size"], cfg.seed, device)
+    reference = ReferenceLoop(fresh_model(), Sampler(pool160, cfg.seed), splits.train, s["batch_size"], s["workers"], device)
+    train_times = alternate({"project": lambda: project.run(s["steps"]), "reference": lambda: reference.run(s["steps"])}, s["rounds"], device)
+    del reference
+    throughput = {name: s["steps"] * images_per_step / t["median_s"] for name, t in train_times.items()}
+
+    # 3. sorted training against ordinary training, both with the project's loop
+    console.print("2/3 epoch cost: pool=160 vs the full model alone ...")
+    full = ProjectLoop(fresh_model(), Sampler(full_pool, cfg.seed), splits.train, s["batch_size"], cfg.seed, device)
+    epoch_times = alternate({"pool160": lambda: project.run(s["steps"]), "full": lambda: full.run(s["steps"])}, s["rounds"], device)
+    steps_per_epoch = len(project.batches)
+
+    # 2. grid evaluation with BN recalibration: shared against naive
+    console.print("3/3 grid evaluation of pool=160 with BN recalibration: shared vs naive ...")
+    model = project.model.eval()
+    normalize = Normalizer(device, channels_last=True)
+    eval_set = splits.eval.first(s["eval_images"]).to(device)
+    calib_set = splits.train.first(s["calib_images"]).to(device)
+    batch = 500
+    recal = model.has_batch_norm
+    results = {}
+
+    def grid(method):
+        def run():
+            results[method] = method_fn[method](model, pool160, lambda: eval_batches(eval_set, batch, normalize), lambda: eval_batches(calib_set, batch, normalize), recal)
+        return run
+
+    method_fn = {"shared": evaluate_shared, "naive": evaluate_naive}
+    grid_times = alternate({"shared": grid("shared"), "naive": grid("naive")}, s["grid_rounds"], device)
+    same = results["shared"] == results["naive"]
+
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "data": cfg.data.name.value,
+        "settings": s,
+        "train_images_per_second": throughput,
+        "train_speedup": throughput["project"] / throughput["reference"],
+        "train_peak_mib": {k: v["peak_mib"] for k, v in train_times.items()},
+        "epoch_seconds_estimate": {k: v["median_s"] / s["steps"] * steps_per_epoch for k, v in epoch_times.items()},
+        "sorted_over_full_epoch": epoch_times["pool160"]["median_s"] / epoch_times["full"]["median_s"],
+        "epoch_peak_mib": {k: v["peak_mib"] for k, v in epoch_times.items()},
+        "grid_seconds": {k: v["median_s"] for k, v in grid_times.items()},
+        "grid_speedup": grid_times["naive"]["median_s"] / grid_times["shared"]["median_s"],
+        "grid_same_accuracy": same,
+        "grid_images": {"eval": len(eval_set), "calib": len(calib_set)},
+        "raw": {"train": train_times, "epoch": epoch_times, "grid": grid_times},
+    }
+    return report
