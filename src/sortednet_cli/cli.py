@@ -30,6 +30,8 @@ COMMANDS = {
 }
 
 CONFIG_PACKAGE = "pkg://sortednet_cli.conf"
+# conf/hydra/launcher/<ours>.yaml build on these plugins' configs: the extra that installs each.
+LAUNCHER_EXTRAS = {"submitit_slurm": "slurm", "joblib": "joblib"}
 NOISE = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR")
 
 
@@ -88,6 +90,13 @@ def quote_numeric_options(args: list[str]) -> list[str]:
     return quoted
 
 
+def with_install_hint(message: str) -> str:
+    for plugin_config, extra in LAUNCHER_EXTRAS.items():
+        if f"Could not load 'hydra/launcher/{plugin_config}'" in message:
+            return f"{message} Install the launcher: pip install 'sortednet-cli[{extra}]'"
+    return message
+
+
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: sortednet <command> [hydra overrides] [-m] [--cfg job] [--help]", "", "commands:"]
@@ -113,4 +122,4 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         if os.environ.get("SORTEDNET_TRACEBACK"):
             raise
-        fail(one_line(exc))
+        fail(with_install_hint(one_line(exc)))
