@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 import sys
 from typing import Callable, Optional
@@ -27,6 +28,7 @@ COMMANDS = {
     "select": "re-select sub-models from a grid with a new accuracy bar (no re-evaluation)",
     "export": "write sub-models out as small standalone checkpoints",
     "describe": "list a pool's sub-models with channels, parameters and MFLOPs",
+    "report": "compare the train jobs of a sweep (or given runs): table, loss curves, grids",
 }
 
 CONFIG_PACKAGE = "pkg://sortednet_cli.conf"
@@ -58,12 +60,19 @@ def hydra_command(config_name: str) -> Callable:
         @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=config_name)
         @functools.wraps(task)
         def run(cfg: DictConfig) -> None:
+            # Failures also go to the job's log file, so `sortednet report` can tell a failed
+            # sweep job from one still running.
+            log = logging.getLogger("sortednet")
             try:
                 task(cfg)
             except UserError as exc:
+                log.error("%s", exc)
                 if os.environ.get("SORTEDNET_TRACEBACK"):
                     raise
                 fail(str(exc))
+            except Exception as exc:
+                log.exception("%s: %s", type(exc).__name__, exc)
+                raise
 
         return run
 
