@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -150,7 +151,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), "width": float(row["width"]), "loss": float(row["loss"])})
+                rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), "draw": int(row["draw"]), "width": float(row["width"]), "loss": float(row["loss"])})
             except (TypeError, ValueError):
                 continue
     return rows
@@ -369,7 +370,9 @@ def plot_loss_curves(jobs: list[Job], labels: dict[Path, str], path: Path, bucke
         rows = read_metrics(job.run_dir)
         if rows:
             spe = steps_per_epoch(rows, job.summary, job.config["trainer"]["epochs"])
-            series.append((job, [(row["step"] / spe, row["width"], row["loss"]) for row in rows]))
+            # The draws of one step are consecutive mini-batches: spread them over the step.
+            draws_in_step = Counter(row["step"] for row in rows)
+            series.append((job, [((row["step"] - 1 + (row["draw"] + 1) / draws_in_step[row["step"]]) / spe, row["width"], row["loss"]) for row in rows]))
     if not series:
         return False
     buckets = width_buckets([w for _, points in series for _, w, _ in points], bucket_count)
