@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo describe test clean
+.PHONY: help install train demo describe sweep-grad-accum sweep-variants sweep-samplers report reproduce test clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 	@echo '  extra Hydra overrides go in ARGS, e.g. make train ARGS="data.root=../shared/data/cifar10 data.verify=false"'
 
 $(BIN)/sortednet: pyproject.toml
@@ -27,6 +27,22 @@ demo: $(BIN)/sortednet ## a short CPU-friendly run (experiment=quick)
 
 describe: $(BIN)/sortednet ## list the sub-models of pool=160
 	$(BIN)/sortednet describe model=cpreresnet20 pool=160 $(ARGS)
+
+sweep-grad-accum: $(BIN)/sortednet ## sweep trainer.grad_accum=1,2,4,8 on pool=160 (paper Fig. 5)
+	$(BIN)/sortednet train -m +sweep=grad_accum $(ARGS)
+
+sweep-variants: $(BIN)/sortednet ## sweep pool=160,width_only,depth_only,full (paper Fig. 2a)
+	$(BIN)/sortednet train -m +sweep=variants $(ARGS)
+
+sweep-samplers: $(BIN)/sortednet ## sweep sampler=uniform,sandwich,weighted on pool=160
+	$(BIN)/sortednet train -m +sweep=samplers $(ARGS)
+
+report: $(BIN)/sortednet ## compare the jobs of the newest train sweep (ARGS: sweep_dir=... or runs=[...])
+	$(BIN)/sortednet report $(ARGS)
+
+reproduce: $(BIN)/sortednet ## the paper's CIFAR-10 comparison: the variants sweep with experiment=paper_cifar10, then its report
+	$(BIN)/sortednet train -m +sweep=variants experiment=paper_cifar10 $(ARGS)
+	$(BIN)/sortednet report
 
 test: $(BIN)/sortednet ## run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)

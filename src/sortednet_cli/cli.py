@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
+import logging
 import os
 import shutil
 import sys
@@ -31,9 +32,12 @@ COMMANDS = {
     "export": "write sub-models out as small standalone checkpoints",
     "describe": "list a pool's sub-models with channels, parameters and MFLOPs",
     "bench": "measure the fast paths against plain PyTorch, side by side (bench.json)",
+    "report": "compare the train jobs of a sweep (or given runs): table, loss curves, grids",
 }
 
 CONFIG_PACKAGE = "pkg://sortednet_cli.conf"
+# conf/hydra/launcher/<ours>.yaml build on these plugins' configs: the extra that installs each.
+LAUNCHER_EXTRAS = {"submitit_slurm": "slurm", "joblib": "joblib"}
 NOISE = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR")
 
 
@@ -60,12 +64,19 @@ def hydra_command(config_name: str) -> Callable:
         @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=config_name)
         @functools.wraps(task)
         def run(cfg: DictConfig) -> None:
+            # Failures also go to the job's log file, so `sortednet report` can tell a failed
+            # sweep job from one still running.
+            log = logging.getLogger("sortednet")
             try:
                 task(cfg)
             except UserError as exc:
+                log.error("%s", exc)
                 if os.environ.get("SORTEDNET_TRACEBACK"):
                     raise
                 fail(str(exc))
+            except Exception as exc:
+                log.exception("%s: %s", type(exc).__name__, exc)
+                raise
 
         return run
 
@@ -103,6 +114,13 @@ def secondary_rank_overrides() -> list[str]:
     return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
 
 
+def with_install_hint(message: str) -> str:
+    for plugin_config, extra in LAUNCHER_EXTRAS.items():
+        if f"Could not load 'hydra/launcher/{plugin_config}'" in message:
+            return f"{message} Install the launcher: pip install 'sortednet-cli[{extra}]'"
+    return message
+
+
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: sortednet <command> [hydra overrides] [-m] [--cfg job] [--help]", "", "commands:"]
@@ -128,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         if os.environ.get("SORTEDNET_TRACEBACK"):
             raise
-        fail(one_line(exc))
+        fail(with_install_hint(one_line(exc)))
     except AssertionError as exc:
         # OmegaConf asserts when a key is set under a group left empty (eval-grid's pool).
         if os.environ.get("SORTEDNET_TRACEBACK") or not _raised_in_omegaconf(exc):

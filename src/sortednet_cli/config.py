@@ -253,6 +253,18 @@ class DescribeConfig:
     pool: PoolConfig = MISSING
 
 
+@dataclass
+class ReportConfig:
+    # A multirun directory of train jobs; null (and no runs): the newest under outputs/multirun/train/.
+    sweep_dir: Optional[str] = None
+    # Train run directories to compare instead of a sweep; the report goes to this command's run dir.
+    runs: Optional[List[str]] = None
+    # Loss-curve panels: the widths cut into this many groups, plus one panel for all draws.
+    width_buckets: int = 4
+    # Moving-average window of the loss curves, in draws; null: a twentieth of each curve.
+    smooth: Optional[int] = None
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -261,3 +273,4 @@ def register_configs() -> None:
     cs.store(name="select_schema", node=SelectCommandConfig)
     cs.store(name="export_schema", node=ExportConfig)
     cs.store(name="bench_schema", node=BenchConfig)
+    cs.store(name="report_schema", node=ReportConfig)

@@ -1,0 +1,69 @@
+"""sortednet report"""
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ..cli import hydra_command
+from ..errors import UserError
+from ..reports.console import make_console
+from ..reports.report import (
+    find_baseline,
+    headline,
+    job_labels,
+    load_job,
+    newest_sweep,
+    plot_grids,
+    plot_loss_curves,
+    report_table,
+    summary_rows,
+    sweep_command,
+    sweep_job_dirs,
+    write_markdown,
+    write_summary_csv,
+)
+
+
+@hydra_command("report")
+def main(cfg: DictConfig) -> None:
+    console = make_console()
+    if cfg.width_buckets < 1 or (cfg.smooth is not None and cfg.smooth < 1):
+        raise UserError(f"width_buckets and smooth must be >= 1 (got {cfg.width_buckets} and {cfg.smooth})")
+    if cfg.runs is not None and cfg.sweep_dir is not None:
+        raise UserError("give sweep_dir=<multirun dir> or runs=[<run dir>,...], not both")
+    if cfg.runs is not None:
+        if not cfg.runs:
+            raise UserError("runs=[] is empty; list train run directories: runs=[<run dir>,<run dir>]")
+        jobs = [load_job(Path(run), name=run) for run in cfg.runs]
+        out_dir, title, command = Path(HydraConfig.get().runtime.output_dir), f"Report on {len(jobs)} train runs", None
+    else:
+        sweep_dir = Path(cfg.sweep_dir) if cfg.sweep_dir is not None else newest_sweep()
+        if cfg.sweep_dir is None:
+            console.print(f"sweep_dir not given: using the newest sweep, {sweep_dir}", highlight=False)
+        jobs = [load_job(job_dir, name=job_dir.name) for job_dir in sweep_job_dirs(sweep_dir)]
+        out_dir, title, command = sweep_dir, f"Sweep report: {sweep_dir}", sweep_command(sweep_dir)
+
+    labels = job_labels(jobs)
+    baseline, baseline_note = find_baseline(jobs)
+    rows = summary_rows(jobs, labels, baseline)
+    summary_text = headline(rows, baseline, baseline_note, labels)
+    images = []
+    if plot_loss_curves(jobs, labels, out_dir / "loss_curves.png", cfg.width_buckets, cfg.smooth):
+        images.append("loss_curves.png")
+    if plot_grids(jobs, labels, baseline, out_dir / "grids.png"):
+        images.append("grids.png")
+    write_summary_csv(rows, out_dir / "summary.csv")
+    write_markdown(rows, out_dir / "report.md", title, command, summary_text, images)
+
+    console.print(report_table(rows, title))
+    console.print(summary_text, highlight=False)
+    for row in rows:
+        if row["status"] != "complete":
+            console.print(f"job {row['job']} ({row['label']}) {row['status']}: {row['note']}", highlight=False)
+    missing = {"loss_curves.png": "no job has logged a draw yet", "grids.png": "no job has a grid yet"}
+    for image, why in missing.items():
+        if image not in images:
+            console.print(f"no {image}: {why}", highlight=False)
+    written = ", ".join(["summary.csv", "report.md", *images])
+    console.print(f"wrote {written} to {out_dir}", highlight=False)
