@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo describe sweep-grad-accum sweep-variants sweep-samplers report reproduce test clean
+.PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers report reproduce test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ demo: $(BIN)/sortednet ## a short CPU-friendly run (experiment=quick)
 
 describe: $(BIN)/sortednet ## list the sub-models of pool=160
 	$(BIN)/sortednet describe model=cpreresnet20 pool=160 $(ARGS)
+
+bench: $(BIN)/sortednet ## the full benchmark (real CIFAR-10 from data.root; bench.json)
+	$(BIN)/sortednet bench $(ARGS)
+
+bench-quick: $(BIN)/sortednet ## the benchmark in about two minutes on synthetic data
+	$(BIN)/sortednet bench bench.quick=true data=fake $(ARGS)
 
 sweep-grad-accum: $(BIN)/sortednet ## sweep trainer.grad_accum=1,2,4,8 on pool=160 (paper Fig. 5)
 	$(BIN)/sortednet train -m +sweep=grad_accum $(ARGS)
