@@ -1,5 +1,4 @@
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from rich.console import Console
 
-from conftest import REPO, TINY, compose_config
+from conftest import TINY, compose_config
 
 OVERRIDES = [*TINY, "trainer.epochs=1", "model.norm=gn", "trainer.grad_accum=2", "sampler=sandwich", "trainer.log_every=2"]
 

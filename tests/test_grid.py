@@ -18,7 +18,7 @@ from sortednet_cli.engine.train import pool_from_config, train
 from sortednet_cli.errors import UserError
 from sortednet_cli.models.preresnet import cpreresnet
 from sortednet_cli.reports.grid_report import GRID_COLUMNS
-from sortednet_cli.sorted.grid import _NodeStatistics, _PrefixTree, evaluate_naive, evaluate_shared, preserved_buffers, recalibrate
+from sortednet_cli.sorted.grid import _NodeStatistics, _PrefixTree, preserved_buffers, recalibrate
 from sortednet_cli.sorted.pool import build_pool
 from sortednet_cli.sorted.selection import pareto_front, select
 from sortednet_cli.sorted.submodel import SubModel
@@ -185,7 +185,7 @@ def test_eval_grid_defaults_to_the_newest_train_run_and_a_baseline_run(trained, 
     shutil.copytree(trained, newest)
     code, stdout, err = run_cli(["eval-grid", "data=fake", *FAST_EVAL, f"eval.baseline={trained}", "pool=tiny", "hydra.run.dir=g"], capsys)
     assert code == 0, err
-    assert f"using the newest train run, outputs/train/2026-01-01_00-00-00" in stdout
+    assert "using the newest train run, outputs/train/2026-01-01_00-00-00" in stdout
     meta = json.loads((tmp_path / "g" / "grid.json").read_text())
     assert meta["baseline"]["source"] == f"full model of {trained}"
     assert (trained / "baseline.json").is_file()  # cached for the next grid

@@ -9,31 +9,21 @@ from rich.table import Table
 
 from ..reports.console import make_console
 from ..cli import hydra_command
-from ..engine.data import Normalizer, load_splits
-from ..engine.evaluate import EvalData, recalibrates
+from ..engine.evaluate import recalibrates
 from ..engine.export import export_one, full_model_bytes, requested_submodels
-from ..engine.grid import load_trained, newest_train_run
-from ..engine.overrides import overlay, override_keys
-from ..engine.runtime import select_device
+from ..engine.grid import eval_data_for, open_trained_run
 
 
 @hydra_command("export")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     console = make_console()
-    location = cfg.checkpoint
-    if location is None:
-        location = newest_train_run()
-        console.print(f"checkpoint not given: using the newest train run, {location}", highlight=False)
-    device = select_device(cfg.device.value)
-    trained, model, _, path = load_trained(location, device)
+    run = open_trained_run(cfg.checkpoint, cfg.device.value, console)
+    model, path = run.model, run.path
     subs = requested_submodels(cfg.sub, path, model.depth_limits)
     recalibrate_bn = recalibrates(model, cfg.eval)
-    calib_batches = None
-    if recalibrate_bn:
-        data_keys = [k for k in override_keys(hydra_cfg.overrides.task) if k == "data" or k.startswith("data.")]
-        splits = load_splits(overlay(trained, cfg, data_keys).data, trained.model.num_classes)
-        calib_batches = EvalData.from_splits(splits, cfg.eval, device, Normalizer(device, trained.trainer.channels_last)).calib_batches
+    # Only BatchNorm models need data: the calibration images.
+    calib_batches = eval_data_for(run, cfg, hydra_cfg.overrides.task).calib_batches if recalibrate_bn else None
     out_dir = Path(hydra_cfg.runtime.output_dir)
     rows = [export_one(model, sub, calib_batches, recalibrate_bn, path, out_dir) for sub in subs]
 

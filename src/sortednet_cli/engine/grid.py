@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +23,10 @@ from ..sorted.pool import Pool
 from ..sorted.selection import check_bar, select
 from ..sorted.submodel import SubModel, format_depth
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint
+from .data import Normalizer, load_splits
 from .evaluate import EvalData, evaluate_pool
+from .overrides import overlay, override_keys
+from .runtime import select_device
 from .latency import latency_ms_per_image
 
 LATENCY_BATCH_SIZES = (1, 256)
@@ -46,6 +50,32 @@ def load_trained(location, device: torch.device) -> tuple[DictConfig, nn.Module,
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).eval()
     return cfg, model, Pool.from_dict(checkpoint["pool"]), path
+
+
+@dataclass
+class TrainedRun:
+    cfg: DictConfig
+    model: nn.Module
+    pool: Pool
+    path: Path
+    device: torch.device
+
+
+def open_trained_run(location: Optional[str], device_name: str, console: Console) -> TrainedRun:
+    """The checkpoint a command was given, or the newest train run's (and say so)."""
+    if location is None:
+        location = newest_train_run()
+        console.print(f"checkpoint not given: using the newest train run, {location}", highlight=False)
+    device = select_device(device_name)
+    return TrainedRun(*load_trained(location, device), device)
+
+
+def eval_data_for(run: TrainedRun, cfg: DictConfig, overrides: Sequence[str]) -> EvalData:
+    """The run's own data settings with the command line's data.* overrides on top."""
+    data_keys = [k for k in override_keys(overrides) if k == "data" or k.startswith("data.")]
+    splits = load_splits(overlay(run.cfg, cfg, data_keys).data, run.cfg.model.num_classes)
+    normalize = Normalizer(run.device, run.cfg.trainer.channels_last)
+    return EvalData.from_splits(splits, cfg.eval, run.device, normalize)
 
 
 def _eval_key(data: EvalData, eval_cfg) -> str:
