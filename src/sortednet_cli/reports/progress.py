@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -13,6 +14,18 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+
+class _BarAndInfo(Progress):
+    """The bar on one line and the latest loss, lr and sub-model on the next, so an 80-column
+    terminal shows both in full."""
+
+    info = ""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        if self.info:
+            yield Text(self.info, style="dim")
 
 
 class TrainProgress:
@@ -26,18 +39,17 @@ class TrainProgress:
         self.info = ""
         self.bar = None
         if console.is_terminal:
-            self.bar = Progress(
+            self.bar = _BarAndInfo(
                 TextColumn("[bold]epoch {task.fields[epoch]}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
                 TextColumn("steps"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
                 console=console,
             )
-            self.task = self.bar.add_task("train", total=total_steps, completed=done_steps, epoch=self._epoch(done_steps), info="")
+            self.task = self.bar.add_task("train", total=total_steps, completed=done_steps, epoch=self._epoch(done_steps))
 
     def _epoch(self, done: int) -> str:
         epochs = -(-self.total // self.steps_per_epoch)
@@ -58,7 +70,8 @@ class TrainProgress:
     def update(self, done: int) -> None:
         """`done` optimizer steps are complete."""
         if self.bar:
-            self.bar.update(self.task, completed=done, epoch=self._epoch(done), info=self.info)
+            self.bar.info = self.info
+            self.bar.update(self.task, completed=done, epoch=self._epoch(done))
         elif done % self.log_every == 0 or done == self.total:
             elapsed = time.perf_counter() - self.start_time
             rate = (done - self.start_done) / elapsed if elapsed > 0 else 0.0
