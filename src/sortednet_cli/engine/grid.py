@@ -82,6 +82,16 @@ def _eval_key(data: EvalData, eval_cfg) -> str:
     return f"{len(data.eval)} images|{float(data.eval.labels.float().sum())}|bn={eval_cfg.bn.value}|calib={len(data.calib)}"
 
 
+def check_baseline(value: Optional[str]) -> None:
+    """A numeric eval.baseline must be an accuracy; a path is checked when it is read."""
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return
+    if number is not None and not 0 < number <= 1:
+        raise UserError(f"eval.baseline={value} must be an accuracy in (0, 1] or a train run directory")
+
+
 def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data: EvalData, eval_cfg, method: str, device: torch.device) -> dict:
     """The accuracy relative numbers divide by, and where it came from."""
     full = SubModel(1.0, tuple(model.depth_limits))
@@ -93,8 +103,7 @@ def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data:
     except ValueError:
         number = None
     if number is not None:
-        if not 0 < number <= 1:
-            raise UserError(f"eval.baseline={value} must be an accuracy in (0, 1] or a train run directory")
+        check_baseline(value)
         return {"accuracy": number, "source": "given number"}
     run = resolve_checkpoint(value).parent
     cache_path = run / BASELINE_CACHE
@@ -122,6 +131,7 @@ def run_grid(
 ) -> dict:
     """Evaluate the pool, write grid.csv/json/png and the selection; return the grid's metadata."""
     check_bar(select_cfg.min_accuracy, select_cfg.min_relative)
+    check_baseline(eval_cfg.baseline)
     if eval_cfg.latency and eval_cfg.latency_repeats < 1:
         raise UserError(f"eval.latency_repeats must be >= 1 (got {eval_cfg.latency_repeats})")
     method = eval_cfg.method.value

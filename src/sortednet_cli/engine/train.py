@@ -40,7 +40,7 @@ from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, load_checkpoint, resolve_
 from .data import Normalizer, TrainBatches, load_splits
 from .distributed import any_rank, average_gradients, average_tensor, finish, from_environment, init_process_group, rank_device
 from .evaluate import EvalData, evaluate_pool
-from .grid import run_grid
+from .grid import check_baseline, run_grid
 from .overrides import overlay, override_keys
 from .runtime import build_optimizer, build_scheduler, configure_backend, select_device
 
@@ -152,6 +152,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
     validate_trainer(trainer)
     if trainer.eval_grid:  # a bad bar should fail now, not after hours of training
         check_bar(cfg.select.min_accuracy, cfg.select.min_relative)
+        check_baseline(cfg.eval.baseline)
     device = rank_device(select_device(trainer.device.value), ranks)
     init_process_group(ranks, device)
     configure_backend(device, trainer.threads)
