@@ -153,6 +153,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
     if trainer.eval_grid:  # a bad bar should fail now, not after hours of training
         check_bar(cfg.select.min_accuracy, cfg.select.min_relative)
         check_baseline(cfg.eval.baseline)
+    if trainer.batch_size % ranks.world_size:
+        raise UserError(f"trainer.batch_size={trainer.batch_size} (the global batch) must divide evenly over {ranks.world_size} ranks")
     device = rank_device(select_device(trainer.device.value), ranks)
     init_process_group(ranks, device)
     configure_backend(device, trainer.threads)
