@@ -129,3 +129,12 @@ def test_corrupt_dataset_is_one_line(tmp_path, capsys):
 def test_unknown_command(capsys):
     code, _, err = run_cli(["trian"], capsys)
     assert code == 2 and "unknown command 'trian'" in err
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path, capsys):
+    # The second job's grad_accum is invalid; the first and third still run.
+    code, _, err = run_cli(["train", "-m", *TINY, "trainer.epochs=1", "trainer.grad_accum=1,0,2", f"hydra.sweep.dir={tmp_path}"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == "sortednet: error: trainer.grad_accum must be >= 1 (got 0)"
+    assert (tmp_path / "0" / "summary.json").is_file() and (tmp_path / "2" / "summary.json").is_file()
+    assert not (tmp_path / "1" / "summary.json").exists()

@@ -18,6 +18,8 @@ import tempfile
 from typing import Callable, Optional
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -71,7 +73,9 @@ def hydra_command(config_name: str) -> Callable:
                 task(cfg)
             except UserError as exc:
                 log.error("%s", exc)
-                if os.environ.get("SORTEDNET_TRACEBACK"):
+                # In a sweep, Hydra runs the other jobs first and re-raises this one at the end
+                # (main() turns it into the one line); exiting here would cut the sweep short.
+                if os.environ.get("SORTEDNET_TRACEBACK") or HydraConfig.get().mode == RunMode.MULTIRUN:
                     raise
                 fail(str(exc))
             except Exception as exc:
@@ -147,6 +151,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         if os.environ.get("SORTEDNET_TRACEBACK"):
             raise
         fail(with_install_hint(one_line(exc)))
+    except UserError as exc:  # a failed sweep job, re-raised by Hydra after the others ran
+        if os.environ.get("SORTEDNET_TRACEBACK"):
+            raise
+        fail(str(exc))
     except AssertionError as exc:
         # OmegaConf asserts when a key is set under a group left empty (eval-grid's pool).
         if os.environ.get("SORTEDNET_TRACEBACK") or not _raised_in_omegaconf(exc):
