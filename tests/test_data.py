@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 import torch
 
-from sortednet_cli.engine.data import ImageSet, Normalizer, TrainBatches, load_splits, random_crop_flip
+from sortednet_cli.engine.data import ImageSet, Normalizer, TrainBatches, crop_flip, crop_flip_offsets, load_splits
 from sortednet_cli.errors import UserError
 
 from conftest import compose_config
@@ -15,6 +15,10 @@ def coordinate_images(n):
     cols = torch.arange(1, 33).view(1, 32).expand(32, 32)
     img = torch.stack([rows, cols, torch.zeros(32, 32, dtype=torch.int64)]).to(torch.uint8)
     return img.expand(n, 3, 32, 32).contiguous()
+
+
+def random_crop_flip(images, gen):
+    return crop_flip(images, *crop_flip_offsets(len(images), gen, images.device))
 
 
 def test_crop_offsets_are_uniform_and_flips_happen_half_the_time():

@@ -14,7 +14,8 @@ from sortednet_cli import load_exported
 from sortednet_cli.engine.data import Normalizer, load_splits
 from sortednet_cli.engine.evaluate import EvalData, evaluate_pool
 from sortednet_cli.engine.grid import load_trained
-from sortednet_cli.engine.train import pool_from_config, train
+from sortednet_cli.engine.train import train
+from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.errors import UserError
 from sortednet_cli.models.preresnet import cpreresnet
 from sortednet_cli.reports.grid_report import GRID_COLUMNS

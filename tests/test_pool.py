@@ -11,7 +11,7 @@ LIMITS = (2, 2, 2)
 
 def preset(name: str):
     cfg = compose_config("describe", [f"pool={name}"])
-    from sortednet_cli.engine.train import pool_from_config
+    from sortednet_cli.sorted.pool import pool_from_config
 
     return pool_from_config(cfg.pool, LIMITS)
 

@@ -172,3 +172,18 @@ def test_tiny_real_cifar10_run_beats_chance(tmp_run, cifar10_root):
         "optim.lr=0.05",
     )
     assert result.summary["quick_eval"][0]["accuracy"] > 0.2
+
+
+def test_resuming_a_finished_run_keeps_its_training_figures(tmp_run):
+    first = run(tmp_run, "trainer.epochs=1")
+    again = train(compose_config("train", [*TINY, "trainer.epochs=1", f"resume={tmp_run / 'run'}"]), tmp_run / "x", console=quiet())
+    for key in ("final_loss", "images_per_second", "steps"):
+        assert again.summary[key] == first.summary[key]
+
+
+def test_bad_eval_settings_fail_before_training(tmp_run):
+    for override, message in [("eval.batch_size=0", "eval.batch_size must be >= 1"), ("eval.calib_images=0", "eval.calib_images must be >= 1"),
+                              ("eval.baseline=/nonexistent", "no checkpoint at /nonexistent")]:
+        with pytest.raises(UserError, match=message):
+            run(tmp_run, override)
+        assert not (tmp_run / "run" / "metrics.csv").exists()

@@ -240,6 +240,7 @@ class BenchSettings:
 @dataclass
 class BenchConfig:
     model: ModelConfig = MISSING
+    pool: PoolConfig = MISSING
     data: DataConfig = MISSING
     bench: BenchSettings = field(default_factory=BenchSettings)
     device: Device = Device.auto

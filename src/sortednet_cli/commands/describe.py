@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from ..reports.console import make_console
 from ..cli import hydra_command
 from ..models import build_model
-from ..engine.train import pool_from_config
+from ..sorted.pool import pool_from_config
 from ..reports.pool_table import describe_pool, pool_table, write_pool_csv
 
 

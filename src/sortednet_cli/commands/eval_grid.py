@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from ..cli import hydra_command
 from ..engine.grid import eval_data_for, open_trained_run, run_grid
-from ..engine.train import pool_from_config
+from ..sorted.pool import pool_from_config
 from ..reports.console import make_console
 
 

@@ -18,22 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import BenchSettings
 from ..errors import UserError
 from ..models import build_model
 from ..sorted.grid import evaluate_naive, evaluate_shared
-from ..sorted.pool import build_pool
+from ..sorted.pool import build_pool, pool_from_config
 from ..sorted.sampler import Sampler
 from ..sorted.update import sorted_update
 from .data import CIFAR10_MEAN, CIFAR10_STD, ImageSet, Normalizer, TrainBatches, eval_batches, load_splits
 
-POOL_160_WIDTHS = [round(0.05 * k, 2) for k in range(1, 21)]
 QUICK = {"rounds": 5, "steps": 6, "eval_images": 64, "calib_images": 64, "grid_rounds": 3}
 
 
 def settings(cfg) -> dict:
+    """The bench.* counts; bench.quick shrinks those left at their defaults."""
+    defaults = BenchSettings()
     values = {k: getattr(cfg.bench, k) for k in ("rounds", "steps", "batch_size", "workers", "eval_images", "calib_images", "grid_rounds")}
     if cfg.bench.quick:
-        values.update(QUICK)
+        values.update({k: v for k, v in QUICK.items() if values[k] == getattr(defaults, k)})
     for key, value in values.items():
         if value < (0 if key == "workers" else 1):
             raise UserError(f"bench.{key} must be >= {0 if key == 'workers' else 1} (got {value})")
@@ -194,7 +196,7 @@ def run_bench(cfg, device: torch.device, console) -> dict:
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model)
     limits = template.depth_limits
-    pool160 = build_pool("160", POOL_160_WIDTHS, "all", limits)
+    pool160 = pool_from_config(cfg.pool, limits)
     full_pool = build_pool("full", [1.0], ["max"], limits)
 
     def fresh_model() -> nn.Module:

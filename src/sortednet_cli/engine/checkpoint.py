@@ -8,11 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
 
 TRAIN_FORMAT = "sortednet-cli/train/1"
 CHECKPOINT_NAME = "last.pt"
+
+
+def checkpoint_config(checkpoint: dict) -> DictConfig:
+    """The typed training config a checkpoint was written with."""
+    from ..config import TrainConfig
+
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(checkpoint["config"]))
 
 
 def save_atomic(obj: Any, path: Path) -> None:

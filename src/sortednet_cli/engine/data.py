@@ -47,7 +47,6 @@ class Splits:
     train: ImageSet
     eval: ImageSet
     eval_name: str
-    num_classes: int
 
 
 def _cifar10_dataset_class():
@@ -135,8 +134,8 @@ def load_splits(cfg, num_classes: int) -> Splits:
     if cfg.eval_split.value == "val":
         if val is None:
             raise UserError("data.eval_split=val needs a validation split: set data.val_size > 0")
-        return Splits(train, val, "val", num_classes)
-    return Splits(train, test, "test", num_classes)
+        return Splits(train, val, "val")
+    return Splits(train, test, "test")
 
 
 class Normalizer:
@@ -181,10 +180,6 @@ def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip:
     channel = torch.arange(c, device=device).view(1, 1, 1, c)
     out = padded[batch, channel, rows.view(n, h, 1, 1), cols.view(n, 1, w, 1)]
     return out.permute(0, 3, 1, 2)
-
-
-def random_crop_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return crop_flip(images, *crop_flip_offsets(len(images), gen, images.device))
 
 
 class TrainBatches:

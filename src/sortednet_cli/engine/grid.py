@@ -9,20 +9,19 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from torch import nn
 
-from ..config import TrainConfig
 from ..errors import UserError
 from ..models import build_from_arch
 from ..reports.grid_report import grid_table, save_heatmap, write_grid
 from ..reports.selection_report import print_selection, write_selection
-from ..sorted.extract import mflops_per_image, parameter_count
+from ..sorted.extract import extract, mflops_per_image
 from ..sorted.pool import Pool
 from ..sorted.selection import check_bar, select
 from ..sorted.submodel import SubModel, format_depth
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint
+from .checkpoint import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, resolve_checkpoint
 from .data import Normalizer, load_splits
 from .evaluate import EvalData, evaluate_pool
 from .overrides import overlay, override_keys
@@ -44,7 +43,7 @@ def load_trained(location, device: torch.device) -> tuple[DictConfig, nn.Module,
     """A train checkpoint's config, its model (weights loaded, on `device`) and its pool."""
     path = resolve_checkpoint(location)
     checkpoint = load_checkpoint(path)
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(checkpoint["config"]))
+    cfg = checkpoint_config(checkpoint)
     model = build_from_arch(checkpoint["arch"])
     model.load_state_dict(checkpoint["model"])
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
@@ -82,13 +81,22 @@ def _eval_key(data: EvalData, eval_cfg) -> str:
     return f"{len(data.eval)} images|{float(data.eval.labels.float().sum())}|bn={eval_cfg.bn.value}|calib={len(data.calib)}"
 
 
-def check_baseline(value: Optional[str]) -> None:
-    """A numeric eval.baseline must be an accuracy; a path is checked when it is read."""
-    try:
-        number = float(value) if value is not None else None
-    except ValueError:
+def check_grid_settings(eval_cfg, select_cfg) -> None:
+    """Everything a grid needs from eval.* and select.*, checked before any training or
+    evaluation starts (a run should not fail hours in on a typo)."""
+    for key, least in (("batch_size", 1), ("calib_images", 1), ("latency_repeats", 1)):
+        if getattr(eval_cfg, key) < least:
+            raise UserError(f"eval.{key} must be >= {least} (got {getattr(eval_cfg, key)})")
+    check_bar(select_cfg.min_accuracy, select_cfg.min_relative)
+    value = eval_cfg.baseline
+    if value is None:
         return
-    if number is not None and not 0 < number <= 1:
+    try:
+        number = float(value)
+    except ValueError:
+        resolve_checkpoint(value)  # a run directory: it must hold a checkpoint
+        return
+    if not 0 < number <= 1:
         raise UserError(f"eval.baseline={value} must be an accuracy in (0, 1] or a train run directory")
 
 
@@ -103,7 +111,6 @@ def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data:
     except ValueError:
         number = None
     if number is not None:
-        check_baseline(value)
         return {"accuracy": number, "source": "given number"}
     run = resolve_checkpoint(value).parent
     cache_path = run / BASELINE_CACHE
@@ -130,10 +137,7 @@ def run_grid(
     channels_last: bool = True,
 ) -> dict:
     """Evaluate the pool, write grid.csv/json/png and the selection; return the grid's metadata."""
-    check_bar(select_cfg.min_accuracy, select_cfg.min_relative)
-    check_baseline(eval_cfg.baseline)
-    if eval_cfg.latency and eval_cfg.latency_repeats < 1:
-        raise UserError(f"eval.latency_repeats must be >= 1 (got {eval_cfg.latency_repeats})")
+    check_grid_settings(eval_cfg, select_cfg)
     method = eval_cfg.method.value
     console.print(f"evaluating {len(pool)} sub-models on {len(data.eval)} images (method {method}, bn {eval_cfg.bn.value})", highlight=False)
     start = time.perf_counter()
@@ -143,10 +147,11 @@ def run_grid(
 
     rows = []
     for sub in pool:
+        small = extract(model, sub).eval()  # the sub-model as a deployment would run it
         row = {
             "width": sub.width,
             "depth": format_depth(sub.depth),
-            "params": parameter_count(model, sub),
+            "params": sum(p.numel() for p in small.parameters()),
             "mflops": round(mflops_per_image(model, sub), 4),
             "accuracy": scores[sub],
             "relative": scores[sub] / baseline["accuracy"] if baseline["accuracy"] > 0 else None,
@@ -155,7 +160,7 @@ def run_grid(
         }
         if eval_cfg.latency:
             for batch_size in LATENCY_BATCH_SIZES:
-                row[f"latency_ms_bs{batch_size}"] = round(latency_ms_per_image(model, sub, batch_size, eval_cfg.latency_repeats, channels_last), 5)
+                row[f"latency_ms_bs{batch_size}"] = round(latency_ms_per_image(small, batch_size, eval_cfg.latency_repeats, channels_last), 5)
         rows.append(row)
 
     meta = {

@@ -8,15 +8,13 @@ import time
 import torch
 from torch import nn
 
-from ..sorted.extract import extract
-from ..sorted.submodel import SubModel
 
 
 @torch.no_grad()
-def latency_ms_per_image(model: nn.Module, sub: SubModel, batch_size: int, repeats: int, channels_last: bool) -> float:
-    """Median over `repeats` timed forward passes (after one warm-up), in ms per image."""
-    device = next(model.parameters()).device
-    small = extract(model, sub).eval()
+def latency_ms_per_image(small: nn.Module, batch_size: int, repeats: int, channels_last: bool) -> float:
+    """Median over `repeats` timed forward passes of a standalone (extracted) sub-model, after
+    one warm-up, in ms per image."""
+    device = next(small.parameters()).device
     x = torch.randn(batch_size, 3, 32, 32, device=device)
     if channels_last:
         small = small.to(memory_format=torch.channels_last)

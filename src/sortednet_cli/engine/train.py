@@ -23,24 +23,22 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
-from ..reports.console import make_console
-from ..config import TrainConfig
 from ..errors import UserError
 from ..models import build_model
+from ..reports.console import make_console
 from ..reports.loggers import NullLogger, build_logger
 from ..reports.progress import TrainProgress
 from ..reports.tables import accuracy_table
 from ..sorted.extract import mflops_per_image
-from ..sorted.pool import Pool, build_pool
+from ..sorted.pool import Pool, pool_from_config
 from ..sorted.sampler import build_sampler
-from ..sorted.selection import check_bar
 from ..sorted.submodel import format_depth
 from ..sorted.update import sorted_update
-from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
+from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, checkpoint_config, load_checkpoint, resolve_checkpoint, save_atomic
 from .data import Normalizer, TrainBatches, load_splits
 from .distributed import any_rank, average_gradients, average_tensor, finish, from_environment, init_process_group, rank_device
 from .evaluate import EvalData, evaluate_pool
-from .grid import check_baseline, run_grid
+from .grid import check_grid_settings, run_grid
 from .overrides import overlay, override_keys
 from .runtime import build_optimizer, build_scheduler, configure_backend, select_device
 
@@ -97,7 +95,7 @@ class StopOnInterrupt:
 
 def config_for_resume(checkpoint: dict, cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """The checkpoint's own config, with the command line's runtime-only overrides applied."""
-    saved = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(checkpoint["config"]))
+    saved = checkpoint_config(checkpoint)
     keys = override_keys(overrides)
     for override, key in zip(overrides, keys):
         if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_KEYS):
@@ -119,11 +117,6 @@ def validate_trainer(cfg) -> None:
     for key, ok in checks.items():
         if not ok:
             raise UserError(f"trainer.{key} must be >= 1 (got {getattr(cfg, key)})")
-
-
-def pool_from_config(pool_cfg, depth_limits) -> Pool:
-    spec = OmegaConf.to_container(pool_cfg, resolve=True)
-    return build_pool(spec["name"], spec["widths"], spec["depths"], depth_limits)
 
 
 def quick_eval_members(pool: Pool) -> list:
@@ -150,9 +143,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         run_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     validate_trainer(trainer)
-    if trainer.eval_grid:  # a bad bar should fail now, not after hours of training
-        check_bar(cfg.select.min_accuracy, cfg.select.min_relative)
-        check_baseline(cfg.eval.baseline)
+    check_grid_settings(cfg.eval, cfg.select)  # fail now, not after hours of training
     if trainer.batch_size % ranks.world_size:
         raise UserError(f"trainer.batch_size={trainer.batch_size} (the global batch) must divide evenly over {ranks.world_size} ranks")
     device = rank_device(select_device(trainer.device.value), ranks)
@@ -301,6 +292,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
             "pool_size": len(pool),
             "eval_split": splits.eval_name,
         }
+        previous = run_dir / SUMMARY_FILE
+        if done == start_step and previous.is_file():
+            # Resumed a finished run (say, to evaluate again): its training figures stand.
+            trained = json.loads(previous.read_text())
+            summary.update({k: trained[k] for k in ("final_loss", "images_per_second", "wall_seconds") if k in trained})
         if interrupted:
             path = save(done)
             console.print(f"interrupted after step {done}; checkpoint saved to {path}")

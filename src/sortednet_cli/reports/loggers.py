@@ -72,9 +72,17 @@ class WandbLogger(CsvLogger):
         )
 
     def log_draws(self, rows: list[dict]) -> None:
+        """One wandb step per optimizer step: the mean loss, and each draw's loss and sub-model
+        under its own keys (wandb keeps one value per key and step)."""
         super().log_draws(rows)
+        by_step: dict[int, list[dict]] = {}
         for row in rows:
-            self.run.log({"train/" + key: value for key, value in row.items() if key != "step"}, step=row["step"])
+            by_step.setdefault(row["step"], []).append(row)
+        for step, draws in by_step.items():
+            record = {"train/loss": sum(d["loss"] for d in draws) / len(draws), "train/lr": draws[0]["lr"], "train/epoch": draws[0]["epoch"]}
+            for d in draws:
+                record.update({f"train/draw{d['draw']}/loss": d["loss"], f"train/draw{d['draw']}/width": d["width"], f"train/draw{d['draw']}/depth": d["depth"]})
+            self.run.log(record, step=step)
 
     def log_summary(self, summary: dict) -> None:
         self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})

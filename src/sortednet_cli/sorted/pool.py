@@ -104,3 +104,11 @@ def build_pool(name: str, widths: Sequence[Any], depths: Any, depth_limits: Sequ
         for d in sorted(settings, key=depth_order_key)
     ]
     return Pool(name, tuple(members))
+
+
+def pool_from_config(pool_cfg, depth_limits: Sequence[int]) -> Pool:
+    """The pool a `pool` config node describes (name, widths, depths)."""
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(pool_cfg, resolve=True)
+    return build_pool(spec["name"], spec["widths"], spec["depths"], depth_limits)
