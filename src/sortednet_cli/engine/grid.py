@@ -112,10 +112,12 @@ def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data:
         number = None
     if number is not None:
         return {"accuracy": number, "source": "given number"}
-    run = resolve_checkpoint(value).parent
+    checkpoint = resolve_checkpoint(value)
+    run = checkpoint.parent
     cache_path = run / BASELINE_CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    key = _eval_key(data, eval_cfg)
+    # Keyed by the images and the checkpoint's write time: a run still training is re-measured.
+    key = f"{_eval_key(data, eval_cfg)}|checkpoint={checkpoint.stat().st_mtime_ns}"
     if key not in cache:
         _, other, _, _ = load_trained(run, device)
         other_full = SubModel(1.0, tuple(other.depth_limits))
