@@ -137,8 +137,9 @@ def run_grid(
     console: Console,
     device: torch.device,
     channels_last: bool = True,
-) -> dict:
-    """Evaluate the pool, write grid.csv/json/png and the selection; return the grid's metadata."""
+) -> dict[SubModel, float]:
+    """Evaluate the pool, write grid.csv/json/png and the selection; return every sub-model's
+    accuracy."""
     check_grid_settings(eval_cfg, select_cfg)
     method = eval_cfg.method.value
     console.print(f"evaluating {len(pool)} sub-models on {len(data.eval)} images (method {method}, bn {eval_cfg.bn.value})", highlight=False)
@@ -183,7 +184,7 @@ def run_grid(
     console.print(f"baseline {100 * baseline['accuracy']:.2f}% ({baseline['source']})", highlight=False)
     console.print(f"grid: {run_dir / 'grid.csv'}, {run_dir / 'grid.png'} ({eval_seconds:.1f} s of evaluation)", highlight=False)
     select_and_report(rows, baseline["accuracy"], select_cfg, title, run_dir, console)
-    return meta
+    return scores
 
 
 def select_and_report(rows: list[dict], baseline: float, select_cfg, title: str, run_dir: Path, console: Console) -> dict:

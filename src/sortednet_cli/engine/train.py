@@ -307,17 +307,18 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         if not ranks.is_main:
             return TrainResult(run_dir, summary, model)
 
-        # --- quick evaluation ---------------------------------------------------------------
+        # --- evaluation: the grid of every sub-model, or a quick look at three -------------
         eval_data = EvalData.from_splits(splits, cfg.eval, device, normalize)
         members = quick_eval_members(pool)
-        scores = evaluate_pool(model, Pool("quick", tuple(members)), eval_data, cfg.eval, method="naive")
+        if trainer.eval_grid:  # the grid measures the quick three too
+            scores = run_grid(model, pool, eval_data, cfg.eval, cfg.select, run_dir, str(run_dir / CHECKPOINT_NAME), console, device, trainer.channels_last)
+        else:
+            scores = evaluate_pool(model, Pool("quick", tuple(members)), eval_data, cfg.eval, method="naive")
         quick = [{"width": s.width, "depth": format_depth(s.depth), "accuracy": scores[s]} for s in members]
         console.print(accuracy_table(quick, title=f"quick evaluation on {splits.eval_name} ({len(splits.eval)} images)"))
         summary["quick_eval"] = quick
         _write_json(run_dir / SUMMARY_FILE, summary)
         logger.log_summary(summary)
-        if trainer.eval_grid:
-            run_grid(model, pool, eval_data, cfg.eval, cfg.select, run_dir, str(run_dir / CHECKPOINT_NAME), console, device, trainer.channels_last)
         return TrainResult(run_dir, summary, model)
     finally:
         logger.close()
