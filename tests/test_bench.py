@@ -29,6 +29,9 @@ def test_bench_writes_every_ratio(tmp_path, capsys):
     assert report["torch"] and report["device"].startswith("cpu")
     assert set(report["train_images_per_second"]) == {"project", "reference"}
     assert "1. training images/s" in out
+    # the memory formats compared at the pool's widest and narrowest width
+    assert set(report["memory_format"]) == {"1", "0.05"}
+    assert all(v["channels_last_speedup"] > 0 for v in report["memory_format"].values())
 
 
 def test_bench_rejects_bad_settings(tmp_path, capsys):

@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sortednet_cli.models import build_from_arch
+from sortednet_cli.models.layers import SlicedConv2d
 from sortednet_cli.models.preresnet import PreResNet, cpreresnet
 from sortednet_cli.sorted.extract import extract, mflops_per_image, parameter_count
 from sortednet_cli.sorted.submodel import SubModel, scaled
@@ -106,3 +108,20 @@ def test_architecture_description_round_trips():
     rebuilt = build_from_arch(model.sub_arch(SubModel(0.5, (1, 2, 1))))
     assert rebuilt.depth_limits == (1, 2, 1)
     assert rebuilt.arch["planes"] == [8, 16, 32] and rebuilt.arch["norm"] == "gn"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strided_pointwise_conv_equals_the_plain_strided_conv(channels_last):
+    """The subsample-then-1x1 form (which avoids a broken oneDNN kernel) is the same function,
+    with the same gradients, as torch's strided 1x1 convolution."""
+    torch.manual_seed(0)
+    conv = SlicedConv2d(16, 24, 1, stride=2, bias=True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 16, 9, 9).contiguous(memory_format=fmt).requires_grad_()
+    ours = conv(x[:, :5], 7)
+    reference = F.conv2d(x[:, :5], conv.weight[:7, :5], conv.bias[:7], stride=2)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), conv.weight)
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), conv.weight)
+    torch.testing.assert_close(grad_ours, grad_reference, rtol=1e-5, atol=1e-6)
+    assert grad_ours[7:].abs().sum() == 0 and grad_ours[:, 5:].abs().sum() == 0

@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import signal
+import time
 
 import pytest
 import torch
@@ -187,3 +188,68 @@ def test_bad_eval_settings_fail_before_training(tmp_run):
         with pytest.raises(UserError, match=message):
             run(tmp_run, override)
         assert not (tmp_run / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_model_gets_the_memory_format_asked_for(tmp_run, monkeypatch, channels_last):
+    """trainer.channels_last decides the memory format of every batch that reaches the model,
+    in training (augmented batches come out of the crop gather in channels_last order) and in
+    the evaluation."""
+    from sortednet_cli.models.preresnet import PreResNet
+
+    seen = set()
+    original_stem = PreResNet.run_stem
+    original_run = PreResNet._run
+
+    def record(x):
+        if len(x) == 1:  # FLOPs are counted on one zero image, forward only
+            return
+        seen.add("channels_last" if x.is_contiguous(memory_format=torch.channels_last) else
+                 "nchw" if x.is_contiguous() else "other")
+
+    monkeypatch.setattr(PreResNet, "run_stem", lambda self, x, width: (record(x), original_stem(self, x, width))[1])
+    monkeypatch.setattr(PreResNet, "_run", lambda self, x, ch, depth: (record(x), original_run(self, x, ch, depth))[1])
+    run(tmp_run, "trainer.epochs=1", "trainer.eval_grid=true", "eval.latency=false", f"trainer.channels_last={str(channels_last).lower()}")
+    assert seen == {"channels_last" if channels_last else "nchw"}
+
+
+def test_resume_may_change_the_memory_format(tmp_path, monkeypatch):
+    """A run started with one memory format (say, one that hung) continues with the other: the
+    continuation starts from the checkpoint (its first losses are the uninterrupted run's, up to
+    float rounding, which later steps amplify) and runs to the end."""
+    straight = run(tmp_path, "trainer.epochs=2", name="straight")
+    interrupt_at(monkeypatch, 5)
+    run(tmp_path, "trainer.epochs=2", name="stopped")
+    monkeypatch.undo()
+    overrides = [f"resume={tmp_path / 'stopped'}", "trainer.channels_last=false"]
+    resumed = train(compose_config("train", [*TINY, "trainer.epochs=2", *overrides]), tmp_path / "x", overrides=overrides, console=quiet())
+    assert resumed.summary["steps"] == straight.summary["steps"] == load_checkpoint(tmp_path / "stopped")["step"]
+    losses = {}
+    for name in ("straight", "stopped"):
+        with open(tmp_path / name / "metrics.csv") as f:
+            losses[name] = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+    assert losses["straight"].keys() == losses["stopped"].keys()
+    for step in (6, 7):  # the first steps after the resume
+        assert losses["stopped"][step] == pytest.approx(losses["straight"][step], rel=1e-4)
+
+
+def test_a_stalled_step_is_reported_with_its_sub_model(tmp_run, monkeypatch, caplog):
+    original = train_module.sorted_update
+    calls = {"n": 0}
+
+    def update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            time.sleep(1.5)  # far longer than the other steps
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sorted_update", update)
+    console = quiet()
+    cfg = compose_config("train", [*TINY, "trainer.epochs=1", "trainer.stall_factor=3", "trainer.stall_seconds=0.4"])
+    with caplog.at_level("WARNING", logger="sortednet"):
+        train(cfg, tmp_run / "run", console=console)
+    warnings = [r.getMessage() for r in caplog.records if "has run for" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("step 12 has run for") and "it trains w=" in warnings[0]
+    assert f"sortednet train resume={tmp_run / 'run'}" in warnings[0] and "kill the process" in warnings[0]
+    assert "step 12 finished after" in console.file.getvalue()

@@ -135,6 +135,8 @@ class TrainerConfig:
     amp: bool = True
     threads: int = 0
     channels_last: bool = True
+    stall_factor: float = 50.0
+    stall_seconds: float = 60.0
     checkpoint_every: int = 1
     log_every: int = 20
     # Run eval-grid and select at the end, into the same run directory.

@@ -34,5 +34,7 @@ def main(cfg: DictConfig) -> None:
     epoch = report["epoch_seconds_estimate"]
     epeak = report["epoch_peak_mib"]
     table.add_row("3. epoch time (s)", f"{epoch['pool160']:.1f} pool=160 (peak {epeak['pool160'] or 0:.0f} MiB)", f"{epoch['full']:.1f} full model (peak {epeak['full'] or 0:.0f} MiB)", f"{report['sorted_over_full_epoch']:.2f}", TARGETS["sorted_over_full_epoch"])
+    for width, step in report["memory_format"].items():
+        table.add_row(f"4. training step at w={width} (ms)", f"{1000 * step['channels_last_step_s']:.0f} channels_last", f"{1000 * step['nchw_step_s']:.0f} NCHW", f"{step['channels_last_speedup']:.2f}x", "")
     console.print(table)
     console.print(f"wrote {run_dir / 'bench.json'}", highlight=False)

@@ -75,12 +75,13 @@ def _sync(device: torch.device) -> None:
 
 class ProjectLoop:
     """The training loop's own pieces: device-resident uint8 data augmented a batch at a time,
-    channels_last, bf16 autocast on CUDA, foreach SGD, losses read back only at the end."""
+    channels_last (unless asked otherwise), bf16 autocast on CUDA, foreach SGD, losses read back
+    only at the end."""
 
-    def __init__(self, model: nn.Module, sampler: Sampler, data: ImageSet, batch_size: int, seed: int, device: torch.device):
-        self.model = model.to(memory_format=torch.channels_last)
+    def __init__(self, model: nn.Module, sampler: Sampler, data: ImageSet, batch_size: int, seed: int, device: torch.device, channels_last: bool = True):
+        self.model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.sampler = sampler
-        self.batches = TrainBatches(data.to(device), batch_size, seed, True, Normalizer(device, channels_last=True))
+        self.batches = TrainBatches(data.to(device), batch_size, seed, True, Normalizer(device, channels_last))
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
         self.step = 0
@@ -208,21 +209,21 @@ def run_bench(cfg, device: torch.device, console) -> dict:
     console.print(f"bench on {device} ({torch.get_num_threads()} threads), {cfg.data.name.value} data, {len(splits.train)} training images", highlight=False)
 
     # 1. training throughput: the project's loop against the plain loop, pool=160
-    console.print("1/3 training throughput, pool=160: project loop vs plain DataLoader loop ...")
+    console.print("1/4 training throughput, pool=160: project loop vs plain DataLoader loop ...")
     project = ProjectLoop(fresh_model(), Sampler(pool160, cfg.seed), splits.train, s["batch_size"], cfg.seed, device)
     reference = ReferenceLoop(fresh_model(), Sampler(pool160, cfg.seed), splits.train, s["batch_size"], s["workers"], device)
     train_times = alternate({"project": lambda: project.run(s["steps"]), "reference": lambda: reference.run(s["steps"])}, s["rounds"], device)
     reference.close()
     throughput = {name: s["steps"] * images_per_step / t["median_s"] for name, t in train_times.items()}
 
-    # 3. sorted training against ordinary training, both with the project's loop
-    console.print("2/3 epoch cost: pool=160 vs the full model alone ...")
+    # 2. sorted training against ordinary training, both with the project's loop
+    console.print("2/4 epoch cost: pool=160 vs the full model alone ...")
     full = ProjectLoop(fresh_model(), Sampler(full_pool, cfg.seed), splits.train, s["batch_size"], cfg.seed, device)
     epoch_times = alternate({"pool160": lambda: project.run(s["steps"]), "full": lambda: full.run(s["steps"])}, s["rounds"], device)
     steps_per_epoch = len(project.batches)
 
-    # 2. grid evaluation with BN recalibration: shared against naive
-    console.print("3/3 grid evaluation of pool=160 with BN recalibration: shared vs naive ...")
+    # 3. grid evaluation with BN recalibration: shared against naive
+    console.print("3/4 grid evaluation of pool=160 with BN recalibration: shared vs naive ...")
     model = project.model.eval()
     normalize = Normalizer(device, channels_last=True)
     eval_set = splits.eval.first(s["eval_images"]).to(device)
@@ -241,6 +242,19 @@ def run_bench(cfg, device: torch.device, console) -> dict:
     grid_times = alternate({"shared": grid("shared"), "naive": grid("naive")}, s["grid_rounds"], device, warm_up=False)
     same = results["shared"] == results["naive"]
 
+    # 4. memory formats, one fixed sub-model at a time: the widest and the narrowest width
+    console.print("4/4 training step by memory format: channels_last vs NCHW, widest and narrowest width ...")
+    memory_format = {}
+    for width in (pool160.widths[-1], pool160.widths[0]):
+        one = build_pool(f"w{width:g}", [width], ["max"], limits)
+        loops = {fmt: ProjectLoop(fresh_model(), Sampler(one, cfg.seed), splits.train, s["batch_size"], cfg.seed, device, fmt == "channels_last")
+                 for fmt in ("channels_last", "nchw")}
+        times = alternate({fmt: (lambda loop=loop: loop.run(s["steps"])) for fmt, loop in loops.items()}, s["rounds"], device)
+        memory_format[f"{width:g}"] = {
+            **{f"{fmt}_step_s": t["median_s"] / s["steps"] for fmt, t in times.items()},
+            "channels_last_speedup": times["nchw"]["median_s"] / times["channels_last"]["median_s"],
+        }
+
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
@@ -256,6 +270,7 @@ def run_bench(cfg, device: torch.device, console) -> dict:
         "grid_speedup": grid_times["naive"]["median_s"] / grid_times["shared"]["median_s"],
         "grid_same_accuracy": same,
         "grid_images": {"eval": len(eval_set), "calib": len(calib_set)},
+        "memory_format": memory_format,
         "raw": {"train": train_times, "epoch": epoch_times, "grid": grid_times},
     }
     return report

@@ -139,16 +139,16 @@ def load_splits(cfg, num_classes: int) -> Splits:
 
 
 class Normalizer:
-    """uint8 batch -> normalised float batch, optionally channels_last."""
+    """uint8 batch -> normalised float batch in one memory format: channels_last, or plain NCHW
+    (whatever order the batch arrived in: the crop/flip gather yields channels_last order)."""
 
     def __init__(self, device: torch.device, channels_last: bool):
         self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255)
-        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=self.memory_format)
         return (images.float() - self.mean) * self.inv_std
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from .evaluate import EvalData, evaluate_pool
 from .grid import check_grid_settings, run_grid
 from .overrides import overlay, override_keys
 from .runtime import build_optimizer, build_scheduler, configure_backend, select_device
+from .watchdog import StallWatchdog
 
 SUMMARY_FILE = "summary.json"
 
@@ -52,6 +55,9 @@ RESUMABLE_KEYS = (
     "trainer.log_every",
     "trainer.checkpoint_every",
     "trainer.eval_grid",
+    "trainer.channels_last",  # a memory format changes speed, not the run
+    "trainer.stall_factor",
+    "trainer.stall_seconds",
     "logger",
     "data.root",
     "data.verify",
@@ -117,6 +123,9 @@ def validate_trainer(cfg) -> None:
     for key, ok in checks.items():
         if not ok:
             raise UserError(f"trainer.{key} must be >= 1 (got {getattr(cfg, key)})")
+    for key in ("stall_factor", "stall_seconds"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"trainer.{key} must be >= 0, 0 turns the stall warning off (got {getattr(cfg, key)})")
 
 
 def quick_eval_members(pool: Pool) -> list:
@@ -180,7 +189,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         else contextlib.nullcontext
     )
 
+    saved_step = start_step if checkpoint is not None else None
+
     def save(step: int) -> Path:
+        nonlocal saved_step
         path = run_dir / CHECKPOINT_NAME
         if not ranks.is_main:
             return path
@@ -200,7 +212,20 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
             "pool": pool.to_dict(),
         }
         save_atomic(state, path)
+        saved_step = step
         return path
+
+    def warn_stall(message: str) -> None:
+        logging.getLogger("sortednet").warning("%s", message)
+        console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+
+    def stall_advice(subs: list) -> str:
+        kept = f"last.pt (step {saved_step}) is intact" if saved_step is not None else "no checkpoint has been written yet"
+        return (
+            f"it trains {', '.join(sub.label for sub in subs)} and may be stuck in a native kernel. "
+            f"A step stuck in native code ignores Ctrl-C: kill the process (kill {os.getpid()}), "
+            f"then continue with `sortednet train resume={run_dir}`; {kept}"
+        )
 
     console.print(
         f"training {cfg.model.name} on {splits.train.images.shape[0]} {cfg.data.name.value} images, "
@@ -241,7 +266,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
     done = start_step
     model.train()
     try:
-        with StopOnInterrupt() as stop, TrainProgress(console, total_steps, start_step, steps_per_epoch, trainer.log_every) as progress:
+        watchdog = StallWatchdog(warn_stall, trainer.stall_factor, trainer.stall_seconds)
+        with StopOnInterrupt() as stop, watchdog, TrainProgress(console, total_steps, start_step, steps_per_epoch, trainer.log_every) as progress:
             for step in range(start_step, total_steps):
                 epoch, step_in_epoch = divmod(step, steps_per_epoch)
                 first_batch = step_in_epoch if trainer.accum_same_batch else step_in_epoch * g
@@ -255,8 +281,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
                         yield (sub, *(shared or batches.get(epoch, first_batch + d, shard)))
 
                 lr = scheduler.get_last_lr()[0]
+                watchdog.step_started(step + 1, stall_advice(subs))
                 losses = sorted_update(model, optimizer, draws(), num_draws, F.cross_entropy, autocast,
                                        before_step=lambda: average_gradients(model, ranks))
+                watchdog.step_finished()
                 scheduler.step()
                 images += num_draws * batches.batch_size
                 pending.extend((epoch, step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses)))

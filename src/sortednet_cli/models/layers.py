@@ -20,7 +20,17 @@ class SlicedConv2d(nn.Conv2d):
         out_channels = out_channels or self.out_channels
         weight = self.weight[:out_channels, : x.shape[1]]
         bias = None if self.bias is None else self.bias[:out_channels]
+        if self.kernel_size == (1, 1) and self.padding == (0, 0) and self.stride != (1, 1):
+            return pointwise_strided_conv(x, weight, bias, self.stride)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+
+def pointwise_strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride) -> torch.Tensor:
+    """A 1x1 convolution with stride s, written as keeping every s-th pixel and a stride-1 1x1
+    convolution: the same arithmetic, and it keeps oneDNN's AVX2 backward-weights kernel for
+    strided 1x1 convolutions on channels_last inputs out of the step (that kernel corrupts the
+    heap or spins forever at small channel counts on CPUs without AVX-512)."""
+    return F.conv2d(x[:, :, :: stride[0], :: stride[1]], weight, bias)
 
 
 class SlicedBatchNorm2d(nn.BatchNorm2d):
