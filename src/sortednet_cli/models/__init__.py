@@ -18,9 +18,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UserError
+from .mobilenetv2 import MobileNetV2
 from .preresnet import PreResNet, cpreresnet
 
-ARCHITECTURES = {"preresnet": PreResNet}
+ARCHITECTURES = {"preresnet": PreResNet, "mobilenetv2": MobileNetV2}
 
 
 def build_model(cfg) -> nn.Module:

@@ -33,6 +33,19 @@ def pointwise_strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     return F.conv2d(x[:, :, :: stride[0], :: stride[1]], weight, bias)
 
 
+class SlicedDepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution (one k x k filter per channel, weight (C, 1, k, k)): on c input
+    channels it runs the first c filters with groups=c."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = False):
+        super().__init__(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        bias = None if self.bias is None else self.bias[:c]
+        return F.conv2d(x, self.weight[:c], bias, self.stride, self.padding, self.dilation, groups=c)
+
+
 class SlicedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose running statistics are shared by every width: a width updates the first
     entries. momentum=None means a cumulative average (used to recalibrate a sub-model)."""
