@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -17,7 +18,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from conftest import REPO, run_cli
 from sortednet_cli import cli
 from sortednet_cli.config import register_configs
-from sortednet_cli.reports.report import moving_average, width_buckets
+from sortednet_cli.engine.jobs import Job, load_job, report_metric
+from sortednet_cli.engine.runs import read_json, write_json
+from sortednet_cli.errors import UserError
+from sortednet_cli.reports.grid_report import GRID_COLUMNS
+from sortednet_cli.reports.report_figures import moving_average, width_buckets
 
 def small(train_images: int = 256) -> list[str]:
     """One epoch of train_images / 32 mini-batches on synthetic images, one thread (the test
@@ -163,6 +168,68 @@ def test_bad_report_input_is_one_line_with_exit_code_2(tmp_path, capsys, monkeyp
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sortednet: error: ") and message in lines[0], err
+
+
+def write_run(run_dir, pool: str, cells: list[tuple[float, str, float]], meta: dict) -> None:
+    """A finished train run with a hand-written grid: cells are (width, depth, metric value), the
+    metric column named as meta says (accuracy without one, as in grids from before it did)."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(f"pool:\n  name: {pool}\ntrainer:\n  eval_grid: true\n  epochs: 1\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(f"- pool={pool}\n")
+    write_json(run_dir / "summary.json", {"pool": pool, "steps": 4, "total_steps": 4})
+    metric = meta.get("metric", {}).get("name", "accuracy")
+    columns = [metric if c == "accuracy" else c for c in GRID_COLUMNS]
+    with open(run_dir / "grid.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, restval="")
+        writer.writeheader()
+        writer.writerows({"width": w, "depth": d, "params": 1000, "mflops": 1.0, metric: value} for w, d, value in cells)
+    write_json(run_dir / "grid.json", meta)
+
+
+def test_report_on_a_lower_is_better_metric(tmp_path, capsys):
+    loss = {"metric": {"name": "loss", "higher_is_better": False}, "full": {"width": 1.0, "depth": "2-2-2"}}
+    write_run(tmp_path / "full", "full", [(1.0, "2-2-2", 0.5)], loss)
+    write_run(tmp_path / "tiny", "tiny", [(0.5, "1-1-1", 1.0), (0.5, "2-2-2", 0.8), (1.0, "1-1-1", 0.625), (1.0, "2-2-2", 0.4)], loss)
+    code, out, err = run_cli(["report", f"runs=[{tmp_path / 'full'},{tmp_path / 'tiny'}]", f"hydra.run.dir={tmp_path / 'report'}"], capsys)
+    assert code == 0, err
+    base, tiny = read_summary(tmp_path / "report" / "summary.csv")
+    assert {"full_loss", "mean_loss", "min_loss"} <= set(tiny) and "full_accuracy" not in tiny
+    assert float(base["full_relative"]) == 1.0
+    # Lower is better: relative = baseline / value, and min_loss is the worst (highest) loss.
+    assert float(tiny["full_loss"]) == 0.4 and float(tiny["full_relative"]) == pytest.approx(0.5 / 0.4)
+    assert float(tiny["min_loss"]) == 1.0 and float(tiny["min_relative"]) == 0.5
+    assert float(tiny["mean_loss"]) == pytest.approx(0.70625) and float(tiny["mean_relative"]) == pytest.approx(0.5 / 0.70625)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "full model 0.5." in report and "| 0.4 | 0.7062 | 1 | 125.0% | 70.8% | 50.0% |" in report and "worst (highest)" in report
+    assert (tmp_path / "report" / "grids.png").read_bytes().startswith(b"\x89PNG")
+    # Jobs measuring different metrics are not put in one table.
+    write_run(tmp_path / "old", "tiny", [(1.0, "2-2-2", 0.9)], {})
+    with pytest.raises(UserError, match="different metrics"):
+        report_metric([load_job(tmp_path / name, name) for name in ("tiny", "old")])
+
+
+def grid_job(cells: list[tuple[float, str, float]], meta) -> Job:
+    grid = [{"width": w, "depth": d, "accuracy": value} for w, d, value in cells]
+    return Job("0", Path("run"), [], {}, None, grid, meta, None, "complete", "")
+
+
+def test_the_full_model_is_the_one_grid_json_names_else_the_widest_and_deepest():
+    # Seven stages of unequal depth (MobileNetV2): no blocks_per_stage to guess from.
+    mbv2 = [(0.25, "1-1-1-1-1-1-1", 0.3), (0.25, "1-2-3-4-3-3-1", 0.5), (1.0, "1-1-1-1-1-1-1", 0.6), (1.0, "1-2-3-4-3-3-1", 0.9)]
+    assert grid_job(mbv2, None).full_value == 0.9
+    assert grid_job(mbv2, {"full": {"width": 0.25, "depth": "1-2-3-4-3-3-1"}}).full_value == 0.5
+    assert grid_job(mbv2, {"full": {"width": 0.5, "depth": "1-2-3-4-3-3-1"}}).full_value is None  # not in the pool
+    # Without width 1 in the grid, its widest width at its deepest depth stands in for the full model.
+    narrow = [(0.25, "2-2-2", 0.4), (0.5, "1-1-1", 0.5), (0.5, "1-2-2", 0.6), (0.5, "2-2-2", 0.7)]
+    assert grid_job(narrow, {}).full_value == 0.7
+    assert grid_job(narrow[:2], {}).full_value is None and grid_job([], None).full_value is None
+
+
+def test_read_json_is_none_for_missing_and_half_written_files(tmp_path):
+    write_json(tmp_path / "a.json", {"steps": 3})
+    assert (tmp_path / "a.json").read_text() == '{\n  "steps": 3\n}\n' and read_json(tmp_path / "a.json") == {"steps": 3}
+    (tmp_path / "b.json").write_text('{"steps": ')
+    assert read_json(tmp_path / "b.json") is None and read_json(tmp_path / "missing.json") is None
 
 
 def test_width_buckets_and_moving_average():

@@ -6,23 +6,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ..cli import hydra_command
+from ..engine.jobs import find_baseline, job_labels, load_job, read_metrics, report_metric, summary_rows, sweep_command, sweep_job_dirs
+from ..engine.runs import newest_sweep
 from ..errors import UserError
 from ..reports.console import make_console
-from ..reports.report import (
-    find_baseline,
-    headline,
-    job_labels,
-    load_job,
-    newest_sweep,
-    plot_grids,
-    plot_loss_curves,
-    report_table,
-    summary_rows,
-    sweep_command,
-    sweep_job_dirs,
-    write_markdown,
-    write_summary_csv,
-)
+from ..reports.report_figures import plot_grids, plot_loss_curves
+from ..reports.report_table import headline, report_table, write_markdown, write_summary_csv
 
 
 @hydra_command("report")
@@ -45,18 +34,20 @@ def main(cfg: DictConfig) -> None:
         out_dir, title, command = sweep_dir, f"Sweep report: {sweep_dir}", sweep_command(sweep_dir)
 
     labels = job_labels(jobs)
+    metric = report_metric(jobs)
     baseline, baseline_note = find_baseline(jobs)
-    rows = summary_rows(jobs, labels, baseline)
-    summary_text = headline(rows, baseline, baseline_note, labels)
+    rows = summary_rows(jobs, labels, baseline, metric)
+    summary_text = headline(rows, baseline, baseline_note, labels, metric)
     images = []
-    if plot_loss_curves(jobs, labels, out_dir / "loss_curves.png", cfg.width_buckets, cfg.smooth):
+    metrics = {job.run_dir: read_metrics(job.run_dir) for job in jobs}
+    if plot_loss_curves(jobs, metrics, labels, out_dir / "loss_curves.png", cfg.width_buckets, cfg.smooth):
         images.append("loss_curves.png")
-    if plot_grids(jobs, labels, baseline, out_dir / "grids.png"):
+    if plot_grids(jobs, labels, baseline, out_dir / "grids.png", metric):
         images.append("grids.png")
-    write_summary_csv(rows, out_dir / "summary.csv")
-    write_markdown(rows, out_dir / "report.md", title, command, summary_text, images)
+    write_summary_csv(rows, out_dir / "summary.csv", metric)
+    write_markdown(rows, out_dir / "report.md", title, command, summary_text, images, metric)
 
-    console.print(report_table(rows, title))
+    console.print(report_table(rows, title, metric))
     console.print(summary_text, highlight=False)
     for row in rows:
         if row["status"] != "complete":

@@ -8,15 +8,9 @@ from omegaconf import DictConfig
 from ..reports.console import make_console
 from ..cli import hydra_command
 from ..engine.grid import select_and_report
+from ..engine.runs import newest_grid
 from ..errors import UserError
 from ..reports.grid_report import read_grid
-
-
-def newest_grid(outputs: Path = Path("outputs")) -> Path:
-    grids = list(outputs.glob("**/grid.csv"))
-    if not grids:
-        raise UserError(f"no grid.csv under {outputs.resolve()}; pass grid=<grid.csv or its directory>")
-    return max(grids, key=lambda p: p.stat().st_mtime)
 
 
 @hydra_command("select")

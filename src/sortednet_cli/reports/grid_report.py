@@ -25,6 +25,12 @@ def write_grid(rows: list[dict], meta: dict, run_dir: Path) -> None:
     (run_dir / "grid.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
 
 
+def grid_metric_name(meta: Optional[dict]) -> str:
+    """The grid's metric column, named by the task's metric in grid.json; grids written before
+    grid.json named it hold accuracy."""
+    return (meta or {}).get("metric", {}).get("name", "accuracy")
+
+
 def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path]:
     """Rows of a grid.csv (or of the grid.csv in a directory), and its grid.json when beside it."""
     path = Path(location).expanduser()
@@ -32,19 +38,22 @@ def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path]:
         path = path / "grid.csv"
     if not path.is_file():
         raise UserError(f"no grid at {path}")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    metric = grid_metric_name(meta)
+    columns = [metric if c == "accuracy" else c for c in GRID_COLUMNS]
+    numeric = {**NUMERIC, metric: float}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in GRID_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path} is not a grid: missing columns {', '.join(missing)}")
         try:
-            rows = [{k: (NUMERIC[k](v) if v != "" else None) if k in NUMERIC else v for k, v in row.items() if k in GRID_COLUMNS} for row in reader]
+            rows = [{k: (numeric[k](v) if v != "" else None) if k in numeric else v for k, v in row.items() if k in columns} for row in reader]
         except ValueError as exc:
             raise UserError(f"{path} has a value that is not a number: {exc}") from None
     if not rows:
         raise UserError(f"{path} has no rows")
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     return rows, meta, path
 
 

@@ -1,0 +1,261 @@
+"""The train jobs a report compares: found in a sweep (or given as run directories), read from
+their run directories, labelled by what sets them apart, and summarised against a baseline job.
+
+Every job is read from its run directory alone, so a sweep that is still running, or has failed
+jobs, is reported as far as it got.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from ..errors import UserError
+from ..reports.grid_report import grid_metric_name, read_grid
+from ..reports.loggers import METRICS_FILE
+from ..sorted.submodel import depth_order_key, parse_depth
+from .runs import read_json
+
+# Hydra's file log format is "[time][logger][LEVEL] - message".
+LOGGED_ERROR = re.compile(r"\]\[(?:ERROR|CRITICAL)\] - (.*)")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a grid measures. grid.json names it; grids written before it did measure accuracy."""
+
+    name: str = "accuracy"
+    higher_is_better: bool = True
+
+    @classmethod
+    def from_meta(cls, meta: Optional[dict]) -> "Metric":
+        return cls(grid_metric_name(meta), (meta or {}).get("metric", {}).get("higher_is_better", True))
+
+    def column(self, statistic: str) -> str:
+        """The summary column of a statistic of this metric: full_accuracy, min_loss, ..."""
+        return f"{statistic}_{self.name}"
+
+    def worst(self, values: list[float]) -> float:
+        return min(values) if self.higher_is_better else max(values)
+
+    def relative(self, value: Optional[float], baseline: Optional[float]) -> Optional[float]:
+        """`value` as a fraction of the baseline, above 1 when better: value / baseline, or
+        baseline / value when lower is better. None where that is undefined (no value, a baseline
+        that is not positive, a zero to divide by)."""
+        if value is None or baseline is None or baseline <= 0:
+            return None
+        if self.higher_is_better:
+            return value / baseline
+        return baseline / value if value else None
+
+
+@dataclass
+class Job:
+    name: str
+    run_dir: Path
+    overrides: list[str]
+    config: dict
+    summary: Optional[dict]
+    grid: Optional[list[dict]]
+    grid_meta: Optional[dict]
+    selected: Optional[dict]
+    status: str
+    note: str
+
+    @property
+    def pool(self) -> Optional[str]:
+        return (self.summary or {}).get("pool") or self.config.get("pool", {}).get("name")
+
+    @property
+    def metric(self) -> Metric:
+        return Metric.from_meta(self.grid_meta)
+
+    @property
+    def full_value(self) -> Optional[float]:
+        """The metric of the checkpoint's full model, as grid.json names it ("full"); for grids
+        from before it did, the grid's widest width at its deepest depth (most blocks). None when
+        the grid lacks that sub-model (some pools leave it out)."""
+        if not self.grid:
+            return None
+        full = (self.grid_meta or {}).get("full")
+        if full:
+            width, depth = float(full["width"]), full["depth"]
+        else:
+            width = max(row["width"] for row in self.grid)
+            depth = max((row["depth"] for row in self.grid), key=lambda d: depth_order_key(parse_depth(d)))
+        for row in self.grid:
+            if row["width"] == width and row["depth"] == depth:
+                return row[self.metric.name]
+        return None
+
+
+# --- finding and reading jobs -------------------------------------------------------------------
+
+
+def _natural_key(path: Path):
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def sweep_job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job directories of a multirun: Hydra writes .hydra/ into each as the job starts."""
+    if not sweep_dir.is_dir():
+        raise UserError(f"no sweep directory at {sweep_dir}")
+    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()), key=_natural_key)
+    if not jobs:
+        raise UserError(f"{sweep_dir} holds no jobs (no <job>/.hydra/overrides.yaml); pass the directory of a -m run")
+    return jobs
+
+
+def sweep_command(sweep_dir: Path) -> Optional[str]:
+    """The command line that started the sweep, from the multirun.yaml Hydra leaves in it."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hydra = OmegaConf.load(path).get("hydra", {})
+    return f"sortednet {hydra.job.name} -m " + " ".join(hydra.overrides.task)
+
+
+def logged_error(run_dir: Path) -> Optional[str]:
+    """The last error the job logged (the CLI logs every failure to the job's log file)."""
+    errors = []
+    for log in run_dir.glob("*.log"):
+        errors += [m.group(1).strip() for m in map(LOGGED_ERROR.search, log.read_text(errors="replace").splitlines()) if m]
+    return errors[-1] if errors else None
+
+
+def job_status(run_dir: Path, summary: Optional[dict], expects_grid: bool, has_grid: bool) -> tuple[str, str]:
+    """complete / interrupted / failed / incomplete, and a note saying why."""
+    error = logged_error(run_dir)
+    if summary is None:
+        if error:
+            return "failed", error
+        return "incomplete", "no summary.json: still training, or stopped without logging an error"
+    if summary.get("interrupted"):
+        return "interrupted", f"stopped at step {summary['steps']} of {summary['total_steps']}; continue with: sortednet train resume={run_dir}"
+    if expects_grid and not has_grid:
+        if error:
+            return "failed", error
+        return "incomplete", "trained; the grid is still being evaluated, or that was stopped"
+    return "complete", ""
+
+
+def load_job(run_dir: Path, name: str) -> Job:
+    run_dir = Path(run_dir)
+    hydra_dir = run_dir / ".hydra"
+    if not (hydra_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a train run directory (no .hydra/config.yaml)")
+    config = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+    if "trainer" not in config:
+        raise UserError(f"{run_dir} is not a train run directory (its config has no trainer)")
+    overrides_path = hydra_dir / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.is_file() else []
+    summary = read_json(run_dir / "summary.json")
+    grid, grid_meta = None, None
+    if (run_dir / "grid.csv").is_file():
+        try:
+            grid, grid_meta, _ = read_grid(str(run_dir))
+        except UserError:  # being written right now
+            pass
+    selected = read_json(run_dir / "selected.json")
+    status, note = job_status(run_dir, summary, bool(config["trainer"].get("eval_grid", False)), grid is not None)
+    return Job(name, run_dir, overrides, config, summary, grid, grid_meta, selected, status, note)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.csv as numbers; a half-written last line of a running job is skipped."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), "draw": int(row["draw"]), "width": float(row["width"]), "loss": float(row["loss"])})
+            except (TypeError, ValueError):
+                continue
+    return rows
+
+
+# --- what sets jobs apart, and the baseline -----------------------------------------------------
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value.strip("'\"")
+
+
+def job_labels(jobs: list[Job]) -> dict[Path, str]:
+    """Each job named by the overrides that differ between jobs (pool=full, trainer.grad_accum=4);
+    by its directory name when nothing differs."""
+    settings = [dict(map(_split_override, job.overrides)) for job in jobs]
+    keys = list(dict.fromkeys(k for s in settings for k in s))
+    differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    labels = {}
+    for job, setting in zip(jobs, settings):
+        label = " ".join(f"{k}={setting[k]}" for k in differing if k in setting)
+        labels[job.run_dir] = label or job.name
+    return labels
+
+
+def report_metric(jobs: list[Job]) -> Metric:
+    """The one metric the jobs' grids measure (accuracy when no job has a grid yet)."""
+    metrics = {job.metric for job in jobs if job.grid}
+    if len(metrics) > 1:
+        names = ", ".join(sorted(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)" for m in metrics))
+        raise UserError(f"the jobs' grids measure different metrics: {names}; report them separately")
+    return metrics.pop() if metrics else Metric()
+
+
+def find_baseline(jobs: list[Job]) -> tuple[Optional[Job], str]:
+    """The job trained on pool=full: its full model is what every other job is compared to."""
+    candidates = [job for job in jobs if job.pool == "full" and job.full_value is not None]
+    if not candidates:
+        return None, ""
+    note = f"; {len(candidates)} pool=full jobs, the first is used" if len(candidates) > 1 else ""
+    return candidates[0], note
+
+
+# --- the summary --------------------------------------------------------------------------------
+
+
+def summary_rows(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job], metric: Metric) -> list[dict]:
+    """One row per job. full_/mean_/min_<metric>: the job's full model, the mean of its grid and
+    the worst sub-model of its grid (the highest value when lower is better: min_ always means the
+    worst). *_relative: each as metric.relative to the baseline's full model (above 1 is better)."""
+    base = baseline.full_value if baseline else None
+    rows = []
+    for job in jobs:
+        summary = job.summary or {}
+        values = [r[metric.name] for r in job.grid or []]
+        full = job.full_value
+        mean = sum(values) / len(values) if values else None
+        worst = metric.worst(values) if values else None
+        rows.append({
+            "job": job.name,
+            "status": job.status,
+            "label": labels[job.run_dir],
+            "overrides": " ".join(job.overrides),
+            "pool": job.pool,
+            "pool_size": summary.get("pool_size"),
+            "final_loss": summary.get("final_loss"),
+            metric.column("full"): full,
+            metric.column("mean"): mean,
+            metric.column("min"): worst,
+            "full_relative": metric.relative(full, base),
+            "mean_relative": metric.relative(mean, base),
+            "min_relative": metric.relative(worst, base),
+            "selected": len(job.selected["selected"]) if job.selected else None,
+            "grid_size": len(values) or None,
+            "steps": summary.get("steps"),
+            "total_steps": summary.get("total_steps"),
+            "wall_seconds": summary.get("wall_seconds"),
+            "images_per_second": summary.get("images_per_second"),
+            "note": job.note,
+            "dir": str(job.run_dir),
+        })
+    return rows

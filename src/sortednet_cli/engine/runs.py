@@ -1,0 +1,49 @@
+"""Run directories under outputs/: the newest train run, grid and sweep that commands default to,
+and the JSON files runs leave behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import UserError
+
+
+def _newest(candidates: list[Path], missing: str) -> Path:
+    """The most recently modified candidate; UserError(missing) when there is none."""
+    if not candidates:
+        raise UserError(missing)
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def newest_train_run(outputs: Path = Path("outputs")) -> Path:
+    # Imported here so that commands which never open a checkpoint (report, select) load without torch.
+    from .checkpoint import CHECKPOINT_NAME
+
+    candidates = list(outputs.glob(f"train/*/{CHECKPOINT_NAME}")) + list(outputs.glob(f"multirun/train/*/*/{CHECKPOINT_NAME}"))
+    missing = f"no train run with a {CHECKPOINT_NAME} under {outputs.resolve()}; pass checkpoint=<run dir or .pt>"
+    return _newest(candidates, missing).parent
+
+
+def newest_grid(outputs: Path = Path("outputs")) -> Path:
+    missing = f"no grid.csv under {outputs.resolve()}; pass grid=<grid.csv or its directory>"
+    return _newest(list(outputs.glob("**/grid.csv")), missing)
+
+
+def newest_sweep(root: Path = Path("outputs/multirun/train")) -> Path:
+    sweeps = [p for p in root.glob("*") if p.is_dir()] if root.is_dir() else []
+    missing = f"no train sweep under {root.resolve()}; pass sweep_dir=<multirun dir> or runs=[<run dir>,...]"
+    return _newest(sweeps, missing)
+
+
+def read_json(path: Path) -> Optional[Any]:
+    """The file's content; None when it does not exist or is still being written."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
