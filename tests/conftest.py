@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from sortednet_cli import cli
-from sortednet_cli.config import register_configs
+from sortednet_cli.plugins import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = Path(os.environ.get("SORTEDNET_TEST_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))

@@ -26,7 +26,7 @@ from conftest import REPO, compose_config
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN's x86 kernels only")
 
-FAMILIES = ["cpreresnet20"]
+FAMILIES = ["cpreresnet20", "mobilenetv2"]
 TIMEOUT_S = 240  # a run here takes seconds; the broken kernel spins forever
 
 

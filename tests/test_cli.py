@@ -11,11 +11,11 @@ import torch
 from conftest import REPO, TINY, compose_config, run_cli
 
 GROUPS = {
-    "model": ["cpreresnet20"],
-    "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny"],
+    "model": ["cpreresnet20", "mobilenetv2"],
+    "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny"],
     "sampler": ["uniform", "sandwich", "weighted", "full"],
     "data": ["cifar10", "fake"],
-    "optim": ["sgd"],
+    "optim": ["sgd", "adamw"],
     "sched": ["cosine"],
     "trainer": ["default"],
     "logger": ["csv", "wandb", "none"],
@@ -56,6 +56,33 @@ def test_describe_writes_one_row_per_sub_model(tmp_path, capsys):
     assert "total: 160 sub-models" in out
     code, _, _ = run_cli(["describe", "pool=full", f"hydra.run.dir={tmp_path / 'full'}"], capsys)
     assert len((tmp_path / "full" / "pool.csv").read_text().splitlines()) == 2
+
+
+def test_describe_mobilenetv2_pool_mbv2_has_80_rows(tmp_path, capsys):
+    code, out, err = run_cli(["describe", "model=mobilenetv2", "pool=mbv2", f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 0, err
+    with open(tmp_path / "pool.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 80 and rows[-1]["depth"] == "1-2-3-4-3-3-1" and int(rows[-1]["params"]) == 2236682
+    assert 175 < float(rows[-1]["mflops"]) < 177
+    assert {r["depth"] for r in rows} == {"1-1-1-1-1-1-1", "1-2-2-2-2-2-1", "1-2-3-3-3-3-1", "1-2-3-4-3-3-1"}
+
+
+def test_a_model_family_brings_its_defaults_and_the_command_line_wins():
+    assert compose_config("train", ["model=mobilenetv2"]).pool.name == "mbv2"
+    assert compose_config("train", ["model=mobilenetv2", "pool=mbv2_tiny"]).pool.name == "mbv2_tiny"
+    assert compose_config("train", ["pool=tiny", "model=mobilenetv2"]).pool.name == "tiny"
+    assert compose_config("describe", ["model=mobilenetv2"]).pool.name == "mbv2"
+    today = compose_config("train", ["model=cpreresnet20", "pool=160"])
+    assert today == compose_config("train", [])
+    assert (today.pool.name, today.data.name, today.optim.name, today.optim.lr, today.sched.warmup_epochs) == ("160", "cifar10", "sgd", 0.1, 5)
+
+
+def test_each_family_types_its_own_model_keys(capsys):
+    code, _, err = run_cli(["describe", "model=mobilenetv2", "model.blocks_per_stage=3"], capsys)
+    assert code == 2 and "blocks_per_stage" in err
+    code, _, err = run_cli(["describe", "model=cpreresnet20", "model.norm=batch"], capsys)
+    assert code == 2 and "model.norm" in err
 
 
 def test_cfg_job_prints_the_composed_config(capsys):

@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 import torch
 
-from sortednet_cli.engine.data import ImageSet, Normalizer, TrainBatches, crop_flip, crop_flip_offsets, load_splits
+from sortednet_cli.tasks.image.data import ImageSet, Normalizer, TrainBatches, crop_flip, crop_flip_offsets, load_splits
 from sortednet_cli.errors import UserError
 
 from conftest import compose_config

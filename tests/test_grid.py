@@ -11,18 +11,19 @@ import torch
 from rich.console import Console
 
 from sortednet_cli import load_exported
-from sortednet_cli.engine.data import Normalizer, load_splits
 from sortednet_cli.engine.evaluate import EvalData, evaluate_pool
-from sortednet_cli.engine.grid import load_trained
+from sortednet_cli.engine.eval_grid import load_trained
 from sortednet_cli.engine.train import train
 from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.errors import UserError
 from sortednet_cli.models.preresnet import cpreresnet
-from sortednet_cli.reports.grid_report import GRID_COLUMNS
-from sortednet_cli.sorted.grid import _NodeStatistics, _PrefixTree, preserved_buffers, recalibrate
+from sortednet_cli.reports.grid_report import grid_columns
+from sortednet_cli.sorted.prefix_eval import _NodeStatistics, _PrefixTree, preserved_buffers, recalibrate
 from sortednet_cli.sorted.pool import build_pool
 from sortednet_cli.sorted.selection import pareto_front, select
 from sortednet_cli.sorted.submodel import SubModel
+from sortednet_cli.tasks import build_task
+from sortednet_cli.tasks.image.task import ACCURACY
 
 from conftest import TINY, compose_config, run_cli
 
@@ -39,8 +40,8 @@ def trained(tmp_path_factory):
 
 def eval_data(model, *overrides, calib=128, n=128):
     cfg = compose_config("train", [*TINY, f"eval.calib_images={calib}", f"data.test_subset={n}", *overrides])
-    splits = load_splits(cfg.data, 10)
-    return cfg, EvalData.from_splits(splits, cfg.eval, torch.device("cpu"), Normalizer(torch.device("cpu"), True))
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True)
+    return cfg, EvalData.from_task(task, cfg.eval)
 
 
 def randomized_bn_model(norm="bn"):
@@ -59,7 +60,7 @@ def test_prefix_tree_logits_equal_each_sub_model_run_alone():
     calib = torch.randn(64, 3, 32, 32) * 1.3 + 0.2
     images = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
-        stats = _NodeStatistics(enabled=True)
+        stats = _NodeStatistics(True, model.recalibrated_norms())
         tree = _PrefixTree(model, 0.45, depths, stats)
         with preserved_buffers(model):
             for m in model.modules():
@@ -81,7 +82,8 @@ def test_prefix_tree_logits_equal_each_sub_model_run_alone():
 
 @pytest.mark.parametrize("pool_name", ["tiny", "160"])
 def test_shared_and_naive_give_the_same_accuracy(trained, pool_name):
-    cfg, model, _, _ = load_trained(trained, torch.device("cpu"))
+    run = load_trained(trained, torch.device("cpu"))
+    cfg, model = run.cfg, run.model
     pool = pool_from_config(compose_config("describe", [f"pool={pool_name}"]).pool, model.depth_limits)
     n = 128 if pool_name == "tiny" else 48
     _, data = eval_data(model, calib=n, n=n)
@@ -94,7 +96,8 @@ def test_shared_and_naive_give_the_same_accuracy(trained, pool_name):
 
 
 def test_recalibration_changes_only_batch_norm_models_and_is_reproducible(trained):
-    cfg, model, pool, _ = load_trained(trained, torch.device("cpu"))
+    run = load_trained(trained, torch.device("cpu"))
+    cfg, model, pool = run.cfg, run.model, run.pool
     _, data = eval_data(model)
     running = compose_config("train", ["eval.bn=running"]).eval
     recal = evaluate_pool(model, pool, data, cfg.eval)
@@ -102,7 +105,7 @@ def test_recalibration_changes_only_batch_norm_models_and_is_reproducible(traine
     assert recal != evaluate_pool(model, pool, data, running)
 
     gn = randomized_bn_model("gn")
-    assert not gn.has_batch_norm
+    assert not gn.recalibrated_norms()
     assert evaluate_pool(gn, pool, data, cfg.eval) == evaluate_pool(gn, pool, data, running)
 
 
@@ -121,7 +124,7 @@ def hand_grid():
 
 
 def test_selection_pareto_front_ties_and_narrowest_per_depth():
-    result = select(hand_grid(), baseline=0.95, min_accuracy=None, min_relative=0.8, cost_name="mflops")
+    result = select(hand_grid(), ACCURACY, baseline=0.95, min_accuracy=None, min_relative=0.8, cost_name="mflops")
     assert result["bar"]["accuracy"] == pytest.approx(0.76)
     assert [(r["width"], r["depth"]) for r in result["selected"]] == [(0.25, "2-2-2"), (0.5, "1-1-1"), (0.5, "2-2-2"), (1.0, "1-1-1"), (1.0, "2-2-2")]
     assert [(r["width"], r["depth"]) for r in result["pareto"]] == [(0.25, "2-2-2"), (0.5, "1-1-1"), (1.0, "1-1-1"), (1.0, "2-2-2")]
@@ -129,7 +132,7 @@ def test_selection_pareto_front_ties_and_narrowest_per_depth():
 
 
 def test_selection_bar_is_the_higher_of_absolute_and_relative_and_budget():
-    result = select(hand_grid(), 0.95, min_accuracy=0.85, min_relative=0.5, cost_name="params", budget=4500)
+    result = select(hand_grid(), ACCURACY, 0.95, min_accuracy=0.85, min_relative=0.5, cost_name="params", budget=4500)
     assert result["bar"]["accuracy"] == 0.85
     assert len(result["selected"]) == 2
     assert result["budget"]["best"]["width"] == 1.0 and result["budget"]["best"]["depth"] == "1-1-1"
@@ -137,23 +140,23 @@ def test_selection_bar_is_the_higher_of_absolute_and_relative_and_budget():
 
 
 def test_empty_selection_is_an_answer():
-    result = select(hand_grid(), 0.95, min_accuracy=0.99, min_relative=None, cost_name="mflops")
+    result = select(hand_grid(), ACCURACY, 0.95, min_accuracy=0.99, min_relative=None, cost_name="mflops")
     assert result["selected"] == [] and result["pareto"] == [] and result["best"]["accuracy"] == 0.95
 
 
 def test_bad_bars_and_missing_costs():
     with pytest.raises(UserError, match="min_relative must be in"):
-        select(hand_grid(), 0.95, None, 1.5, "mflops")
+        select(hand_grid(), ACCURACY, 0.95, None, 1.5, "mflops")
     with pytest.raises(UserError, match="min_accuracy must be in"):
-        select(hand_grid(), 0.95, 80, None, "mflops")
+        select(hand_grid(), ACCURACY, 0.95, 80, None, "mflops")
     with pytest.raises(UserError, match="needs the latency_ms_bs1 column"):
-        select(hand_grid(), 0.95, None, 0.9, "latency")
+        select(hand_grid(), ACCURACY, 0.95, None, 0.9, "latency")
 
 
 def test_pareto_front_of_identical_points_keeps_both():
     a = {"mflops": 1.0, "accuracy": 0.5}
     b = dict(a)
-    assert pareto_front([a, b], "mflops") == [a, b]
+    assert pareto_front([a, b], "mflops", ACCURACY) == [a, b]
 
 
 def test_eval_grid_cli_writes_grid_selection_and_pictures(trained, tmp_path, capsys):
@@ -162,7 +165,7 @@ def test_eval_grid_cli_writes_grid_selection_and_pictures(trained, tmp_path, cap
     assert code == 0, err
     with open(out / "grid.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == GRID_COLUMNS and len(rows) == 4
+    assert list(rows[0]) == grid_columns("accuracy") and len(rows) == 4
     assert all(float(r["latency_ms_bs1"]) > 0 and float(r["latency_ms_bs256"]) > 0 for r in rows)
     meta = json.loads((out / "grid.json").read_text())
     assert len(meta["rows"]) == 4 and meta["baseline"]["source"] == "this checkpoint's full model"
@@ -198,7 +201,8 @@ def test_export_round_trip_is_smaller_and_scores_the_same(trained, tmp_path, cap
     path = tmp_path / "w0.5_d1-1-1.pt"
     small = load_exported(path)
     assert isinstance(small, torch.nn.Module) and not small.training
-    cfg, model, _, _ = load_trained(trained, torch.device("cpu"))
+    run = load_trained(trained, torch.device("cpu"))
+    cfg, model = run.cfg, run.model
     sub = SubModel(0.5, (1, 1, 1))
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters()) / 3
     assert os.path.getsize(path) < os.path.getsize(trained / "last.pt") / 3
@@ -206,7 +210,7 @@ def test_export_round_trip_is_smaller_and_scores_the_same(trained, tmp_path, cap
     _, data = eval_data(model, calib=128, n=128)
     grid_accuracy = evaluate_pool(model, build_pool("one", [0.5], [1], (2, 2, 2)), data, cfg.eval)[sub]
     correct = sum(int((small(x).argmax(1) == y).sum()) for x, y in data.eval_batches())
-    assert correct / len(data.eval) == grid_accuracy
+    assert correct / data.eval_size == grid_accuracy
 
     # plain torch: the state dict alone loads into the model class, no pool or sampler code
     from sortednet_cli.models.preresnet import PreResNet

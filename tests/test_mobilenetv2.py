@@ -5,14 +5,16 @@ from omegaconf import OmegaConf
 from sortednet_cli.config import PoolConfig
 from sortednet_cli.models import build_from_arch
 from sortednet_cli.models.mobilenetv2 import MobileNetV2
-from sortednet_cli.sorted.extract import extract, mflops_per_image, parameter_count
-from sortednet_cli.sorted.grid import _NodeStatistics, _PrefixTree, evaluate_naive, evaluate_shared, preserved_buffers, recalibrate
+from sortednet_cli.models.cost import mflops_per_example, parameter_count
+from sortednet_cli.sorted.prefix_eval import _NodeStatistics, _PrefixTree, evaluate_naive, evaluate_shared, preserved_buffers, recalibrate
 from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.sorted.submodel import SubModel
+from sortednet_cli.tasks.image.task import AccuracyMeter
 
 from conftest import REPO
 
 FULL_DEPTH = (1, 2, 3, 4, 3, 3, 1)
+IMAGE = torch.zeros(1, 3, 32, 32)
 ONE_BLOCK = (1,) * 7
 NARROWEST = SubModel(0.05, ONE_BLOCK)
 
@@ -68,7 +70,7 @@ def test_sub_arch_keeps_the_leading_channels_of_every_layer():
     assert arch["last"] == 64 and arch["blocks"] == list(ONE_BLOCK)
     rebuilt = build_from_arch(arch)
     assert rebuilt.arch == arch and rebuilt.depth_limits == ONE_BLOCK
-    assert MobileNetV2().channel_summary(1.0) == "16-24-32-64-96-160-320"
+    assert MobileNetV2().unit_summary(1.0) == "16-24-32-64-96-160-320"
 
 
 @pytest.mark.parametrize("norm", ["bn", "gn"])
@@ -83,7 +85,7 @@ def test_sub_model_equals_extracted_and_separately_built_networks(norm, sub):
     with torch.no_grad():
         expected = small(x)
         torch.testing.assert_close(full(x, sub), expected, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(extract(full, sub).eval()(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(full.extract(sub).eval()(x), expected, rtol=0, atol=0)
 
 
 def test_gradients_reach_only_the_slices_a_sub_model_uses():
@@ -114,8 +116,8 @@ def test_shared_evaluation_equals_naive_with_recalibration():
     evaluation = [(images, torch.randint(0, 10, (8,)))]
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    shared = evaluate_shared(model, pool, lambda: evaluation, lambda: calib, True)
-    assert shared == evaluate_naive(model, pool, lambda: evaluation, lambda: calib, True)
+    shared = evaluate_shared(model, pool, lambda: evaluation, lambda: calib, True, AccuracyMeter)
+    assert shared == evaluate_naive(model, pool, lambda: evaluation, lambda: calib, True, AccuracyMeter)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
     # Accuracy of an untrained network says little: compare the logits of each width's tree walk
@@ -123,7 +125,7 @@ def test_shared_evaluation_equals_naive_with_recalibration():
     with torch.no_grad():
         for width in pool.widths:
             depths = [sub.depth for sub in pool if sub.width == width]
-            tree = _PrefixTree(model, width, depths, _NodeStatistics(enabled=True))
+            tree = _PrefixTree(model, width, depths, _NodeStatistics(True, model.recalibrated_norms()))
             with preserved_buffers(model):
                 for m in model.modules():
                     if isinstance(m, torch.nn.BatchNorm2d):
@@ -150,11 +152,11 @@ def test_pools_build_against_the_depth_limits():
 
 def test_cost_is_plausible_and_grows_with_width():
     model = MobileNetV2()
-    full = mflops_per_image(model, SubModel(1.0, FULL_DEPTH))
+    full = mflops_per_example(model, SubModel(1.0, FULL_DEPTH), IMAGE)
     print(f"MobileNetV2 (CIFAR) full model: {full:.2f} MFLOPs per 32x32 image")
     assert 175 < full < 177  # 87.98 M multiply-adds, counted by hand from the layer table
     widths = load_pool("mbv2", FULL_DEPTH).widths
-    costs = [mflops_per_image(model, SubModel(w, FULL_DEPTH)) for w in widths]
+    costs = [mflops_per_example(model, SubModel(w, FULL_DEPTH), IMAGE) for w in widths]
     assert costs == sorted(costs) and len(set(costs)) == len(costs)
     assert costs[-1] == full
 

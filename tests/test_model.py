@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from sortednet_cli.models import build_from_arch
 from sortednet_cli.models.layers import SlicedConv2d
 from sortednet_cli.models.preresnet import PreResNet, cpreresnet
-from sortednet_cli.sorted.extract import extract, mflops_per_image, parameter_count
+from sortednet_cli.models.cost import mflops_per_example, parameter_count
 from sortednet_cli.sorted.submodel import SubModel, scaled
 
 
@@ -53,7 +53,7 @@ def test_sub_model_equals_separately_built_small_network(norm, sub):
     small = small_copy(full, sub).eval()
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(full(x, sub), small(x), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(extract(full, sub).eval()(x), small(x), rtol=0, atol=0)
+    torch.testing.assert_close(full.extract(sub).eval()(x), small(x), rtol=0, atol=0)
 
 
 def test_channels_last_gives_the_same_outputs():
@@ -100,7 +100,7 @@ def test_full_network_size_and_cost_match_the_reference():
     full = SubModel(1.0, (2, 2, 2))
     assert parameter_count(model, full) == sum(p.numel() for p in model.parameters())
     assert 0.21e6 < parameter_count(model, full) < 0.23e6
-    assert 66 < mflops_per_image(model, full) < 69  # about 34 M multiply-adds
+    assert 66 < mflops_per_example(model, full, torch.zeros(1, 3, 32, 32)) < 69  # about 34 M multiply-adds
 
 
 def test_architecture_description_round_trips():

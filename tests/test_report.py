@@ -17,11 +17,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO, run_cli
 from sortednet_cli import cli
-from sortednet_cli.config import register_configs
 from sortednet_cli.engine.jobs import Job, load_job, report_metric
 from sortednet_cli.engine.runs import read_json, write_json
 from sortednet_cli.errors import UserError
-from sortednet_cli.reports.grid_report import GRID_COLUMNS
+from sortednet_cli.plugins import register_configs
+from sortednet_cli.reports.grid_report import grid_columns
 from sortednet_cli.reports.report_figures import moving_average, width_buckets
 
 def small(train_images: int = 256) -> list[str]:
@@ -70,7 +70,7 @@ def sweep_jobs(args: list[str]) -> list:
 )
 def test_sweep_configs_compose_to_the_expected_jobs(args, expected):
     jobs = sweep_jobs(args)
-    assert [(c.pool.name, c.sampler.name.value, c.trainer.grad_accum, c.trainer.epochs) for c in jobs] == expected
+    assert [(c.pool.name, c.sampler.name, c.trainer.grad_accum, c.trainer.epochs) for c in jobs] == expected
 
 
 def test_grad_accum_sweep_runs_one_job_per_value_on_the_pool_given(tmp_path, capsys):
@@ -178,7 +178,7 @@ def write_run(run_dir, pool: str, cells: list[tuple[float, str, float]], meta: d
     (run_dir / ".hydra" / "overrides.yaml").write_text(f"- pool={pool}\n")
     write_json(run_dir / "summary.json", {"pool": pool, "steps": 4, "total_steps": 4})
     metric = meta.get("metric", {}).get("name", "accuracy")
-    columns = [metric if c == "accuracy" else c for c in GRID_COLUMNS]
+    columns = grid_columns(metric)
     with open(run_dir / "grid.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="")
         writer.writeheader()

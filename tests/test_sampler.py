@@ -3,7 +3,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from sortednet_cli.config import SamplerName
 from sortednet_cli.errors import UserError
 from sortednet_cli.sorted.pool import build_pool
 from sortednet_cli.sorted.sampler import build_sampler
@@ -12,7 +11,7 @@ POOL = build_pool("t", [0.25, 0.5, 1.0], [1, "max"], (2, 2, 2))  # 6 sub-models
 
 
 def sampler(name, weights=None, alpha=None, seed=0):
-    cfg = SimpleNamespace(name=SamplerName(name), weights=weights, alpha=alpha)
+    cfg = SimpleNamespace(name=name, weights=weights, alpha=alpha)
     return build_sampler(cfg, POOL, seed, cost=lambda sub: sub.width * sum(sub.depth))
 
 

@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import register_configs
+from .plugins import register_configs
 from .errors import UserError
 
 COMMANDS = {
@@ -38,6 +38,8 @@ COMMANDS = {
 }
 
 CONFIG_PACKAGE = "pkg://sortednet_cli.conf"
+# Commands that read a checkpoint: their data.* keys apply to the checkpoint's own data config.
+CHECKPOINT_COMMANDS = ("eval-grid", "export")
 # conf/hydra/launcher/<ours>.yaml build on these plugins' configs: the extra that installs each.
 LAUNCHER_EXTRAS = {"submitit_slurm": "slurm", "joblib": "joblib"}
 NOISE = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR")
@@ -107,6 +109,15 @@ def quote_numeric_options(args: list[str]) -> list[str]:
     return quoted
 
 
+def checkpoint_data_overrides(args: list[str]) -> list[str]:
+    """eval-grid and export start from the checkpoint's data config, which Hydra does not know
+    when it composes: `data.root=x` (no data=<option>) becomes `+data.root=x`, and the command
+    lays it over the checkpoint's data, checking it against that data's own schema."""
+    if any(arg.split("=", 1)[0].lstrip("+~") == "data" for arg in args):
+        return args
+    return [f"+{arg}" if arg.startswith("data.") and "=" in arg else arg for arg in args]
+
+
 def secondary_rank_overrides() -> list[str]:
     """Under torchrun, ranks other than 0 write nothing: their Hydra run directory is a
     temporary one, removed at exit, so a run has one directory."""
@@ -142,7 +153,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     if command not in COMMANDS:
         fail(f"unknown command {command!r} (commands: {', '.join(COMMANDS)}; see sortednet --help)")
     app = importlib.import_module(f"sortednet_cli.commands.{command.replace('-', '_')}").main
-    sys.argv = [f"sortednet {command}", *quote_numeric_options(argv[1:]), *secondary_rank_overrides()]
+    args = quote_numeric_options(argv[1:])
+    if command in CHECKPOINT_COMMANDS:
+        args = checkpoint_data_overrides(args)
+    sys.argv = [f"sortednet {command}", *args, *secondary_rank_overrides()]
     # Let composition errors reach us instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

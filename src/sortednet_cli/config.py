@@ -14,37 +14,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-# "in" is a Python keyword, so this one enum is built from a mapping.
-Norm = Enum("Norm", {"bn": "bn", "in": "in", "gn": "gn"}, type=str)
-
-
-class SamplerName(str, Enum):
-    uniform = "uniform"
-    sandwich = "sandwich"
-    weighted = "weighted"
-    full = "full"
-
-
-class DataName(str, Enum):
-    cifar10 = "cifar10"
-    fake = "fake"
-
-
-class EvalSplit(str, Enum):
-    test = "test"
-    val = "val"
-
-
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class LoggerName(str, Enum):
-    csv = "csv"
-    wandb = "wandb"
-    none = "none"
 
 
 class BnMode(str, Enum):
@@ -69,15 +42,6 @@ class SubKind(str, Enum):
 
 
 @dataclass
-class ModelConfig:
-    name: str = "cpreresnet20"
-    norm: Norm = Norm["bn"]
-    blocks_per_stage: int = 2
-    num_classes: int = 10
-    gn_groups: int = 8
-
-
-@dataclass
 class PoolConfig:
     name: str = MISSING
     widths: List[float] = MISSING
@@ -88,40 +52,9 @@ class PoolConfig:
 
 @dataclass
 class SamplerConfig:
-    name: SamplerName = SamplerName.uniform
+    name: str = "uniform"
     weights: Optional[List[float]] = None
     alpha: Optional[float] = None
-
-
-@dataclass
-class DataConfig:
-    name: DataName = DataName.cifar10
-    root: str = "data"
-    download: bool = False
-    verify: bool = True
-    train_subset: int = 0
-    test_subset: int = 0
-    val_size: int = 0
-    eval_split: EvalSplit = EvalSplit.test
-    augment: bool = True
-    # data=fake only: how many synthetic images to make.
-    fake_train_size: int = 2048
-    fake_test_size: int = 512
-
-
-@dataclass
-class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-
-
-@dataclass
-class SchedConfig:
-    name: str = "cosine"
-    warmup_epochs: float = 5.0
 
 
 @dataclass
@@ -134,18 +67,22 @@ class TrainerConfig:
     device: Device = Device.auto
     amp: bool = True
     threads: int = 0
-    channels_last: bool = True
+    channels_last: bool = True  # the memory format image tasks use (a runtime choice)
     stall_factor: float = 50.0
     stall_seconds: float = 60.0
     checkpoint_every: int = 1
     log_every: int = 20
+    # Clip the gradient norm of each optimizer step (after all its draws) to this; null: no clipping.
+    clip_grad_norm: Optional[float] = None
+    # Stop after this many optimizer steps (the schedule is laid out over them); null: epochs decide.
+    max_steps: Optional[int] = None
     # Run eval-grid and select at the end, into the same run directory.
     eval_grid: bool = True
 
 
 @dataclass
 class LoggerConfig:
-    name: LoggerName = LoggerName.csv
+    name: str = "csv"
     project: str = "sortednet"
     entity: Optional[str] = None
     run_name: Optional[str] = None
@@ -181,14 +118,16 @@ class SubConfig:
     file: Optional[str] = None
 
 
+# model, data, optim and sched are typed by the schema their chosen option lists first (each
+# family, task, optimizer and schedule brings its own; see sortednet_cli.registry).
 @dataclass
 class TrainConfig:
-    model: ModelConfig = MISSING
+    model: Any = MISSING
     pool: PoolConfig = MISSING
     sampler: SamplerConfig = MISSING
-    data: DataConfig = MISSING
-    optim: OptimConfig = MISSING
-    sched: SchedConfig = MISSING
+    data: Any = MISSING
+    optim: Any = MISSING
+    sched: Any = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -203,8 +142,9 @@ class EvalGridConfig:
     checkpoint: Optional[str] = None
     # null: the checkpoint's own pool.
     pool: Optional[PoolConfig] = None
-    # The checkpoint's data settings, with data.* overrides from the command line on top.
-    data: DataConfig = MISSING
+    # The checkpoint's data settings, with data.* overrides from the command line on top
+    # (checked against the checkpoint's own data schema); data=<option> replaces them.
+    data: Any = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     device: Device = Device.auto
@@ -221,7 +161,7 @@ class SelectCommandConfig:
 class ExportConfig:
     checkpoint: Optional[str] = None
     sub: SubConfig = field(default_factory=SubConfig)
-    data: DataConfig = MISSING
+    data: Any = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     device: Device = Device.auto
 
@@ -241,9 +181,9 @@ class BenchSettings:
 
 @dataclass
 class BenchConfig:
-    model: ModelConfig = MISSING
+    model: Any = MISSING
     pool: PoolConfig = MISSING
-    data: DataConfig = MISSING
+    data: Any = MISSING
     bench: BenchSettings = field(default_factory=BenchSettings)
     device: Device = Device.auto
     threads: int = 0
@@ -252,8 +192,9 @@ class BenchConfig:
 
 @dataclass
 class DescribeConfig:
-    model: ModelConfig = MISSING
+    model: Any = MISSING
     pool: PoolConfig = MISSING
+    data: Any = MISSING  # the task's example input is what FLOPs are counted on
 
 
 @dataclass
@@ -269,6 +210,7 @@ class ReportConfig:
 
 
 def register_configs() -> None:
+    """The command schemas (plug-ins store theirs as they register)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="describe_schema", node=DescribeConfig)

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from ..cli import hydra_command
-from ..engine.bench import run_bench
+from ..tasks.image.bench import run_bench
 from ..engine.runtime import select_device
 from ..reports.console import make_console
 

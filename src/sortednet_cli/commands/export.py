@@ -9,9 +9,9 @@ from rich.table import Table
 
 from ..reports.console import make_console
 from ..cli import hydra_command
-from ..engine.evaluate import recalibrates
+from ..engine.eval_grid import open_trained_run, task_for
+from ..engine.evaluate import EvalData, recalibrates
 from ..engine.export import export_one, full_model_bytes, requested_submodels
-from ..engine.grid import eval_data_for, open_trained_run
 
 
 @hydra_command("export")
@@ -22,8 +22,8 @@ def main(cfg: DictConfig) -> None:
     model, path = run.model, run.path
     subs = requested_submodels(cfg.sub, path, model.depth_limits)
     recalibrate_bn = recalibrates(model, cfg.eval)
-    # Only BatchNorm models need data: the calibration images.
-    calib_batches = eval_data_for(run, cfg, hydra_cfg.overrides.task).calib_batches if recalibrate_bn else None
+    # Only models with norm statistics need data: the calibration examples.
+    calib_batches = EvalData.from_task(task_for(run, cfg, hydra_cfg.overrides.task), cfg.eval).calib_batches if recalibrate_bn else None
     out_dir = Path(hydra_cfg.runtime.output_dir)
     rows = [export_one(model, sub, calib_batches, recalibrate_bn, path, out_dir) for sub in subs]
 

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from ..reports.console import make_console
 from ..cli import hydra_command
-from ..engine.grid import select_and_report
+from ..engine.eval_grid import select_and_report
 from ..engine.runs import newest_grid
 from ..errors import UserError
 from ..reports.grid_report import read_grid
@@ -20,13 +20,13 @@ def main(cfg: DictConfig) -> None:
     if location is None:
         location = newest_grid()
         console.print(f"grid not given: using the newest, {location}", highlight=False)
-    rows, meta, path = read_grid(str(location))
-    baseline = (meta or {}).get("baseline", {}).get("accuracy")
+    rows, meta, path, metric = read_grid(str(location))
+    baseline = (meta or {}).get("baseline", {}).get(metric.name)
     if baseline is None:
-        # Without grid.json, the relative column still holds accuracy / baseline.
-        ratios = [r["accuracy"] / r["relative"] for r in rows if r.get("relative")]
+        # Without grid.json (an accuracy grid), the relative column still holds accuracy / baseline.
+        ratios = [r[metric.name] / r["relative"] for r in rows if r.get("relative")]
         if not ratios:
             raise UserError(f"{path} has no relative column values and no grid.json beside it: the baseline is unknown")
         baseline = ratios[0]
     title = f"selection from {path}"
-    select_and_report(rows, baseline, cfg.select, title, Path(HydraConfig.get().runtime.output_dir), console)
+    select_and_report(rows, metric, baseline, cfg.select, title, Path(HydraConfig.get().runtime.output_dir), console)

@@ -10,17 +10,24 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import TrainConfig
 from ..errors import UserError
+from ..models import MODELS
+from ..tasks import TASKS
+from .optim import OPTIMIZERS, SCHEDULERS
 
 TRAIN_FORMAT = "sortednet-cli/train/1"
 CHECKPOINT_NAME = "last.pt"
 
 
 def checkpoint_config(checkpoint: dict) -> DictConfig:
-    """The typed training config a checkpoint was written with."""
-    from ..config import TrainConfig
-
-    return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(checkpoint["config"]))
+    """The typed training config a checkpoint was written with: the plug-in nodes (model, data,
+    optimizer, schedule) typed by their own schemas, keys added since filled with defaults."""
+    saved = OmegaConf.create(checkpoint["config"])
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    for key, registry in (("model", MODELS), ("data", TASKS), ("optim", OPTIMIZERS), ("sched", SCHEDULERS)):
+        cfg[key] = registry.typed(saved[key].name, saved[key])
+    return cfg
 
 
 def save_atomic(obj: Any, path: Path) -> None:

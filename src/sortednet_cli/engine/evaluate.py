@@ -1,41 +1,47 @@
-"""What evaluations measure: the eval split and a fixed set of un-augmented calibration images."""
+"""What evaluations measure: the task's evaluation split, and a fixed set of un-augmented
+training examples for norm statistics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from ..sorted.grid import METHODS
 from ..sorted.pool import Pool
+from ..sorted.prefix_eval import METHODS
 from ..sorted.submodel import SubModel
-from .data import ImageSet, Normalizer, Splits, eval_batches
+from ..tasks import Task
 
 
 @dataclass
 class EvalData:
-    eval: ImageSet
-    calib: ImageSet
+    task: Task
     batch_size: int
-    normalize: Normalizer
+    calib_count: int
 
     @classmethod
-    def from_splits(cls, splits: Splits, eval_cfg, device: torch.device, normalize: Normalizer) -> "EvalData":
-        """The eval split, and the first `eval.calib_images` training images for BN statistics."""
-        return cls(splits.eval.to(device), splits.train.first(eval_cfg.calib_images).to(device), eval_cfg.batch_size, normalize)
+    def from_task(cls, task: Task, eval_cfg) -> "EvalData":
+        return cls(task, eval_cfg.batch_size, eval_cfg.calib_images)
 
     def eval_batches(self):
-        return eval_batches(self.eval, self.batch_size, self.normalize)
+        return self.task.eval_batches(self.batch_size)
 
     def calib_batches(self):
-        return eval_batches(self.calib, self.batch_size, self.normalize)
+        return self.task.calib_batches(self.batch_size, self.calib_count)
+
+    @property
+    def eval_size(self) -> int:
+        return self.task.eval_size()
+
+    @property
+    def calib_size(self) -> int:
+        return self.task.calib_size(self.calib_count)
 
 
 def recalibrates(model: nn.Module, eval_cfg) -> bool:
-    return eval_cfg.bn.value == "recalibrate" and model.has_batch_norm
+    return eval_cfg.bn.value == "recalibrate" and bool(model.recalibrated_norms())
 
 
 def evaluate_pool(model: nn.Module, pool: Pool, data: EvalData, eval_cfg, method: str = "shared") -> dict[SubModel, float]:
-    """Accuracy in [0, 1] of every pool member; the model's own buffers are left as they were."""
-    return METHODS[method](model, pool, data.eval_batches, data.calib_batches, recalibrates(model, eval_cfg))
+    """The task's metric for every pool member; the model's own buffers are left as they were."""
+    return METHODS[method](model, pool, data.eval_batches, data.calib_batches, recalibrates(model, eval_cfg), data.task.meter)

@@ -11,8 +11,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import build_from_arch
-from ..sorted.extract import extract
-from ..sorted.grid import preserved_buffers, recalibrate
+from ..sorted.prefix_eval import preserved_buffers, recalibrate
 from ..sorted.pool import build_pool
 from ..sorted.submodel import SubModel, format_depth, parse_depth
 from .checkpoint import load_checkpoint, save_atomic
@@ -47,7 +46,7 @@ def export_one(model: nn.Module, sub: SubModel, calib_batches, recalibrate_bn: b
     with preserved_buffers(model):
         if recalibrate_bn:
             recalibrate(model, sub, calib_batches)
-        small = extract(model, sub)
+        small = model.extract(sub)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in small.state_dict().items()}
     params = sum(p.numel() for p in small.parameters())
     path = out_dir / f"w{sub.width:g}_d{format_depth(sub.depth)}.pt"

@@ -16,42 +16,14 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from ..errors import UserError
-from ..reports.grid_report import grid_metric_name, read_grid
+from ..reports.grid_report import read_grid
 from ..reports.loggers import METRICS_FILE
 from ..sorted.submodel import depth_order_key, parse_depth
+from ..tasks.base import Metric
 from .runs import read_json
 
 # Hydra's file log format is "[time][logger][LEVEL] - message".
 LOGGED_ERROR = re.compile(r"\]\[(?:ERROR|CRITICAL)\] - (.*)")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """What a grid measures. grid.json names it; grids written before it did measure accuracy."""
-
-    name: str = "accuracy"
-    higher_is_better: bool = True
-
-    @classmethod
-    def from_meta(cls, meta: Optional[dict]) -> "Metric":
-        return cls(grid_metric_name(meta), (meta or {}).get("metric", {}).get("higher_is_better", True))
-
-    def column(self, statistic: str) -> str:
-        """The summary column of a statistic of this metric: full_accuracy, min_loss, ..."""
-        return f"{statistic}_{self.name}"
-
-    def worst(self, values: list[float]) -> float:
-        return min(values) if self.higher_is_better else max(values)
-
-    def relative(self, value: Optional[float], baseline: Optional[float]) -> Optional[float]:
-        """`value` as a fraction of the baseline, above 1 when better: value / baseline, or
-        baseline / value when lower is better. None where that is undefined (no value, a baseline
-        that is not positive, a zero to divide by)."""
-        if value is None or baseline is None or baseline <= 0:
-            return None
-        if self.higher_is_better:
-            return value / baseline
-        return baseline / value if value else None
 
 
 @dataclass
@@ -73,7 +45,7 @@ class Job:
 
     @property
     def metric(self) -> Metric:
-        return Metric.from_meta(self.grid_meta)
+        return Metric.from_dict((self.grid_meta or {}).get("metric"))
 
     @property
     def full_value(self) -> Optional[float]:
@@ -158,7 +130,7 @@ def load_job(run_dir: Path, name: str) -> Job:
     grid, grid_meta = None, None
     if (run_dir / "grid.csv").is_file():
         try:
-            grid, grid_meta, _ = read_grid(str(run_dir))
+            grid, grid_meta, _, _ = read_grid(str(run_dir))
         except UserError:  # being written right now
             pass
     selected = read_json(run_dir / "selected.json")
@@ -208,7 +180,7 @@ def report_metric(jobs: list[Job]) -> Metric:
     if len(metrics) > 1:
         names = ", ".join(sorted(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)" for m in metrics))
         raise UserError(f"the jobs' grids measure different metrics: {names}; report them separately")
-    return metrics.pop() if metrics else Metric()
+    return metrics.pop() if metrics else Metric.from_dict(None)
 
 
 def find_baseline(jobs: list[Job]) -> tuple[Optional[Job], str]:

@@ -1,8 +1,8 @@
-"""The training run, top to bottom: set up, loop over optimizer steps, checkpoint, quick evaluation.
+"""The training run, top to bottom: `set_up`, `run_loop`, `finish`.
 
 Everything random is a pure function of the seed and the global step (which sub-model, which
-batch, which crop), so the loop is a plain `for step in range(start, total)` and resuming from a
-checkpoint at any step reproduces the uninterrupted run exactly.
+batch, which augmentation), so the loop is a plain `for step in range(start, total)` and
+resuming from a checkpoint at any step reproduces the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -15,34 +15,35 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
 from ..errors import UserError
 from ..models import build_model
+from ..models.cost import mflops_per_example
 from ..reports.console import make_console
 from ..reports.loggers import NullLogger, build_logger
 from ..reports.progress import TrainProgress
-from ..reports.tables import accuracy_table
-from ..sorted.extract import mflops_per_image
+from ..reports.tables import metric_table
 from ..sorted.pool import Pool, pool_from_config
-from ..sorted.sampler import build_sampler
-from ..sorted.submodel import format_depth
+from ..sorted.sampler import Sampler, build_sampler
+from ..sorted.submodel import SubModel, format_depth
 from ..sorted.update import sorted_update
+from ..tasks import Task, build_task
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, checkpoint_config, load_checkpoint, resolve_checkpoint, save_atomic
-from .data import Normalizer, TrainBatches, load_splits
-from .distributed import any_rank, average_gradients, average_tensor, finish, from_environment, init_process_group, rank_device
+from .distributed import Distributed, any_rank, average_gradients, average_tensor, finish as finish_ranks, from_environment, init_process_group, rank_device
+from .eval_grid import check_grid_settings, run_grid
 from .evaluate import EvalData, evaluate_pool
-from .grid import check_grid_settings, run_grid
+from .optim import build_optimizer, build_scheduler
 from .overrides import overlay, override_keys
-from .runtime import build_optimizer, build_scheduler, configure_backend, select_device
+from .runs import write_json
+from .runtime import configure_backend, select_device
 from .watchdog import StallWatchdog
 
 SUMMARY_FILE = "summary.json"
@@ -72,6 +73,57 @@ class TrainResult:
     run_dir: Path
     summary: dict
     model: nn.Module
+    interrupted: bool = False
+
+
+@dataclass
+class PendingDraw:
+    """A trained draw whose loss is still on the device (read back in batches, at flushes)."""
+
+    epoch: int
+    step: int
+    draw: int
+    sub: SubModel
+    loss: torch.Tensor
+    lr: float
+
+
+@dataclass
+class Run:
+    """Everything `set_up` prepares: the loop and `finish` only read it."""
+
+    cfg: DictConfig
+    run_dir: Path
+    ranks: Distributed
+    device: torch.device
+    console: Console
+    task: Task
+    model: nn.Module
+    pool: Pool
+    sampler: Sampler
+    batches: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    logger: Any
+    autocast: Callable[[], ContextManager]
+    steps_per_epoch: int
+    total_steps: int
+    start_step: int
+    elapsed_before: float
+    images_before: int
+    resumed: bool
+
+
+@dataclass
+class LoopState:
+    """What the loop changes as it goes."""
+
+    done: int
+    images: int
+    saved_step: Optional[int]
+    start_time: float = field(default_factory=time.perf_counter)
+    pending: list[PendingDraw] = field(default_factory=list)
+    last_losses: list[float] = field(default_factory=list)
     interrupted: bool = False
 
 
@@ -119,6 +171,7 @@ def validate_trainer(cfg) -> None:
         "grad_accum": cfg.grad_accum >= 1,
         "checkpoint_every": cfg.checkpoint_every >= 1,
         "log_every": cfg.log_every >= 1,
+        "max_steps": cfg.max_steps is None or cfg.max_steps >= 1,
     }
     for key, ok in checks.items():
         if not ok:
@@ -126,6 +179,8 @@ def validate_trainer(cfg) -> None:
     for key in ("stall_factor", "stall_seconds"):
         if getattr(cfg, key) < 0:
             raise UserError(f"trainer.{key} must be >= 0, 0 turns the stall warning off (got {getattr(cfg, key)})")
+    if cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0:
+        raise UserError(f"trainer.clip_grad_norm must be > 0 or null (got {cfg.clip_grad_norm})")
 
 
 def quick_eval_members(pool: Pool) -> list:
@@ -134,7 +189,10 @@ def quick_eval_members(pool: Pool) -> list:
     return list(dict.fromkeys(picks))
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console: Optional[Console] = None) -> TrainResult:
+# --- set up -------------------------------------------------------------------------------
+
+
+def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Optional[Console]) -> Run:
     ranks = from_environment()
     # Under torchrun only rank 0 prints and writes; every rank trains.
     console = (console or make_console()) if ranks.is_main else Console(file=io.StringIO())
@@ -146,31 +204,32 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         cfg = config_for_resume(checkpoint, cfg, overrides)
         run_dir = checkpoint_path.parent
         console.print(f"resuming {run_dir} at step {checkpoint['step']}")
-
-    # --- set up -----------------------------------------------------------------------------
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+
     trainer = cfg.trainer
     validate_trainer(trainer)
-    check_grid_settings(cfg.eval, cfg.select)  # fail now, not after hours of training
     if trainer.batch_size % ranks.world_size:
         raise UserError(f"trainer.batch_size={trainer.batch_size} (the global batch) must divide evenly over {ranks.world_size} ranks")
     device = rank_device(select_device(trainer.device.value), ranks)
     init_process_group(ranks, device)
     configure_backend(device, trainer.threads)
-    torch.manual_seed(trainer.seed)  # the initial weights
-    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
-    model = build_model(cfg.model).to(device=device, memory_format=memory_format)
-    pool = pool_from_config(cfg.pool, model.depth_limits)
-    splits = load_splits(cfg.data, cfg.model.num_classes)
-    normalize = Normalizer(device, trainer.channels_last)
-    batches = TrainBatches(splits.train.to(device), trainer.batch_size, trainer.seed, cfg.data.augment, normalize)
-    sampler = build_sampler(cfg.sampler, pool, trainer.seed, cost=lambda sub: mflops_per_image(model, sub))
 
-    g = trainer.grad_accum
+    task = build_task(cfg.data, cfg.model, device, trainer.channels_last)  # reads no data yet
+    check_grid_settings(cfg.eval, cfg.select, task.metric)  # fail now, not after hours of training
+    torch.manual_seed(trainer.seed)  # the initial weights
+    model = build_model(cfg.model).to(device=device, memory_format=task.memory_format)
+    pool = pool_from_config(cfg.pool, model.depth_limits)
+    batches = task.train_batches(trainer.batch_size, trainer.seed)
+    example = task.example_input(1)
+    sampler = build_sampler(cfg.sampler, pool, trainer.seed, cost=lambda sub: mflops_per_example(model, sub, example))
+
     # Each step takes g mini-batches, or one shared by all g draws with accum_same_batch.
+    g = trainer.grad_accum
     steps_per_epoch = len(batches) if trainer.accum_same_batch else math.ceil(len(batches) / g)
     total_steps = trainer.epochs * steps_per_epoch
+    if trainer.max_steps is not None:
+        total_steps = min(total_steps, trainer.max_steps)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
     start_step, elapsed_before, images_before = 0, 0.0, 0
@@ -188,169 +247,202 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console
         if device.type == "cuda" and trainer.amp
         else contextlib.nullcontext
     )
+    console.print(
+        f"training {cfg.model.name} on {task.describe()}, "
+        f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}, grad_accum {g}, "
+        f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}"
+        + (f" x {ranks.world_size} ranks" if ranks.enabled else "")
+        + (f", at most {total_steps} steps" if trainer.max_steps is not None else "")
+        + f"; run dir {run_dir}",
+        highlight=False,
+    )
+    return Run(cfg, run_dir, ranks, device, console, task, model, pool, sampler, batches, optimizer, scheduler,
+               logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, images_before,
+               resumed=checkpoint is not None)
 
-    saved_step = start_step if checkpoint is not None else None
 
-    def save(step: int) -> Path:
-        nonlocal saved_step
-        path = run_dir / CHECKPOINT_NAME
-        if not ranks.is_main:
-            return path
-        state = {
-            "format": TRAIN_FORMAT,
-            "model": model.state_dict(),
-            "arch": model.arch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
-            "epoch": step // steps_per_epoch,
-            "step": step,
-            "elapsed_s": elapsed_before + time.perf_counter() - start_time,
-            "images": images,
-            "config": OmegaConf.to_yaml(cfg, resolve=True),
-            "pool": pool.to_dict(),
-        }
-        save_atomic(state, path)
-        saved_step = step
+# --- the loop -------------------------------------------------------------------------------
+
+
+def save_checkpoint(run: Run, state: LoopState) -> Path:
+    path = run.run_dir / CHECKPOINT_NAME
+    if not run.ranks.is_main:
         return path
+    save_atomic(
+        {
+            "format": TRAIN_FORMAT,
+            "model": run.model.state_dict(),
+            "arch": run.model.arch,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "step": state.done,
+            "elapsed_s": run.elapsed_before + time.perf_counter() - state.start_time,
+            "images": state.images,
+            "config": OmegaConf.to_yaml(run.cfg, resolve=True),
+            "pool": run.pool.to_dict(),
+        },
+        path,
+    )
+    state.saved_step = state.done
+    return path
+
+
+def flush(run: Run, state: LoopState, progress: TrainProgress) -> None:
+    """Read the pending losses back in one transfer, check them, log them."""
+    if not state.pending:
+        return
+    values = average_tensor(torch.stack([p.loss for p in state.pending]).float(), run.ranks).cpu().tolist()
+    elapsed = round(run.elapsed_before + time.perf_counter() - state.start_time, 3)
+    rows = []
+    for pending, loss in zip(state.pending, values):
+        if not math.isfinite(loss):
+            raise UserError(
+                f"loss became {loss} at step {pending.step} on sub-model {pending.sub.label}; "
+                "lower optim.lr or check the data (last.pt keeps the last good checkpoint)"
+            )
+        rows.append({"epoch": pending.epoch, "step": pending.step, "width": pending.sub.width, "depth": format_depth(pending.sub.depth),
+                     "loss": round(loss, 6), "lr": pending.lr, "elapsed_s": elapsed, "draw": pending.draw})
+    run.logger.log_draws(rows)
+    state.last_losses = values
+    progress.set_info(f"loss {sum(values) / len(values):.4f} lr {rows[-1]['lr']:.4g} {state.pending[-1].sub.label}")
+    state.pending.clear()
+
+
+@dataclass
+class StepPlan:
+    """Which sub-models an optimizer step trains, on which mini-batches of which epoch."""
+
+    step: int
+    epoch: int
+    first_batch: int
+    subs: list[SubModel]
+
+
+def plan_step(run: Run, step: int) -> StepPlan:
+    trainer = run.cfg.trainer
+    g = trainer.grad_accum
+    epoch, step_in_epoch = divmod(step, run.steps_per_epoch)
+    first_batch = step_in_epoch if trainer.accum_same_batch else step_in_epoch * g
+    num_draws = g if trainer.accum_same_batch else min(g, len(run.batches) - first_batch)
+    return StepPlan(step, epoch, first_batch, [run.sampler.draw(step, d, g) for d in range(num_draws)])
+
+
+def train_step(run: Run, plan: StepPlan) -> list[PendingDraw]:
+    """One optimizer step: its draws (sub-model + mini-batch), gradients accumulated."""
+    trainer = run.cfg.trainer
+    epoch, first_batch, subs = plan.epoch, plan.first_batch, plan.subs
+    shard = run.ranks.shard(run.batches.batch_size)
+    shared_batch = run.batches.get(epoch, first_batch, shard) if trainer.accum_same_batch else None
+
+    def draws():
+        for d, sub in enumerate(subs):
+            yield (sub, *(shared_batch or run.batches.get(epoch, first_batch + d, shard)))
+
+    lr = run.scheduler.get_last_lr()[0]
+    losses = sorted_update(run.model, run.optimizer, draws(), len(subs), run.task.loss, run.autocast,
+                           before_step=lambda: average_gradients(run.model, run.ranks),
+                           clip_grad_norm=trainer.clip_grad_norm)
+    run.scheduler.step()
+    return [PendingDraw(epoch, plan.step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses))]
+
+
+def stall_advice(run: Run, state: LoopState, subs: list[SubModel]) -> str:
+    kept = f"last.pt (step {state.saved_step}) is intact" if state.saved_step is not None else "no checkpoint has been written yet"
+    return (
+        f"it trains {', '.join(sub.label for sub in subs)} and may be stuck in a native kernel. "
+        f"A step stuck in native code ignores Ctrl-C: kill the process (kill {os.getpid()}), "
+        f"then continue with `sortednet train resume={run.run_dir}`; {kept}"
+    )
+
+
+def run_loop(run: Run) -> LoopState:
+    trainer = run.cfg.trainer
+    state = LoopState(done=run.start_step, images=run.images_before, saved_step=run.start_step if run.resumed else None)
 
     def warn_stall(message: str) -> None:
         logging.getLogger("sortednet").warning("%s", message)
-        console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+        run.console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
 
-    def stall_advice(subs: list) -> str:
-        kept = f"last.pt (step {saved_step}) is intact" if saved_step is not None else "no checkpoint has been written yet"
-        return (
-            f"it trains {', '.join(sub.label for sub in subs)} and may be stuck in a native kernel. "
-            f"A step stuck in native code ignores Ctrl-C: kill the process (kill {os.getpid()}), "
-            f"then continue with `sortednet train resume={run_dir}`; {kept}"
-        )
+    run.model.train()
+    watchdog = StallWatchdog(warn_stall, trainer.stall_factor, trainer.stall_seconds)
+    progress = TrainProgress(run.console, run.total_steps, run.start_step, run.steps_per_epoch, trainer.log_every)
+    with StopOnInterrupt() as stop, watchdog, progress:
+        for step in range(run.start_step, run.total_steps):
+            plan = plan_step(run, step)
+            watchdog.step_started(step + 1, stall_advice(run, state, plan.subs))
+            drawn = train_step(run, plan)
+            watchdog.step_finished()
+            state.pending.extend(drawn)
+            state.images += len(drawn) * run.batches.batch_size
+            state.done = step + 1
 
-    console.print(
-        f"training {cfg.model.name} on {splits.train.images.shape[0]} {cfg.data.name.value} images, "
-        f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}, grad_accum {g}, "
-        f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}"
-        + (f" x {ranks.world_size} ranks" if ranks.enabled else "") + f"; run dir {run_dir}",
-        highlight=False,
-    )
+            epoch_end = state.done % run.steps_per_epoch == 0
+            at_flush = state.done % trainer.log_every == 0 or epoch_end or state.done == run.total_steps
+            # Ranks must agree on where to stop, so under torchrun they stop at a flush.
+            stopping = (at_flush and any_rank(stop.requested, run.ranks, run.device)) if run.ranks.enabled else stop.requested
+            if at_flush or stopping:
+                flush(run, state, progress)
+            progress.update(state.done)
+            if stopping:
+                state.interrupted = True
+                break
+            if (epoch_end and (state.done // run.steps_per_epoch) % trainer.checkpoint_every == 0) or state.done == run.total_steps:
+                save_checkpoint(run, state)
+    return state
 
-    # --- the loop ---------------------------------------------------------------------------
-    pending: list[tuple[int, int, int, object, torch.Tensor, float]] = []  # draws not yet logged
-    last_losses: list[float] = []
-    images = images_before
-    start_time = time.perf_counter()
 
-    def flush() -> None:
-        """Read the pending losses back in one transfer, check them, log them."""
-        nonlocal last_losses
-        if not pending:
-            return
-        values = average_tensor(torch.stack([entry[4] for entry in pending]).float(), ranks).cpu().tolist()
-        elapsed = round(elapsed_before + time.perf_counter() - start_time, 3)
-        rows = []
-        for (epoch, step, draw, sub, _, lr), loss in zip(pending, values):
-            if not math.isfinite(loss):
-                raise UserError(
-                    f"loss became {loss} at step {step} on sub-model {sub.label}; "
-                    "lower optim.lr or check the data (last.pt keeps the last good checkpoint)"
-                )
-            rows.append({"epoch": epoch, "step": step, "width": sub.width, "depth": format_depth(sub.depth),
-                         "loss": round(loss, 6), "lr": lr, "elapsed_s": elapsed, "draw": draw})
-        logger.log_draws(rows)
-        last_losses = values
-        progress.set_info(f"loss {sum(values) / len(values):.4f} lr {rows[-1]['lr']:.4g} {pending[-1][3].label}")
-        pending.clear()
+# --- the finish: summary, then the grid of every sub-model (or a quick look at three) -------
 
-    interrupted = False
-    done = start_step
-    model.train()
+
+def finish(run: Run, state: LoopState) -> TrainResult:
+    wall = time.perf_counter() - state.start_time
+    finish_ranks(run.ranks)
+    summary = {
+        "final_loss": sum(state.last_losses) / len(state.last_losses) if state.last_losses else None,
+        "steps": state.done,
+        "total_steps": run.total_steps,
+        "epochs_done": state.done / run.steps_per_epoch,
+        "images_per_second": (state.images - run.images_before) / wall if wall > 0 else None,
+        "wall_seconds": run.elapsed_before + wall,
+        "device": str(run.device),
+        "pool": run.pool.name,
+        "pool_size": len(run.pool),
+        "eval_split": run.task.eval_name,
+    }
+    previous = run.run_dir / SUMMARY_FILE
+    if state.done == run.start_step and previous.is_file():
+        # Resumed a finished run (say, to evaluate again): its training figures stand.
+        trained = json.loads(previous.read_text())
+        summary.update({k: trained[k] for k in ("final_loss", "images_per_second", "wall_seconds") if k in trained})
+    if state.interrupted:
+        path = save_checkpoint(run, state)
+        run.console.print(f"interrupted after step {state.done}; checkpoint saved to {path}")
+        run.console.print(f"resume with: sortednet train resume={run.run_dir}", highlight=False)
+        if run.ranks.is_main:
+            write_json(run.run_dir / SUMMARY_FILE, {**summary, "interrupted": True})
+        return TrainResult(run.run_dir, summary, run.model, interrupted=True)
+    if not run.ranks.is_main:
+        return TrainResult(run.run_dir, summary, run.model)
+
+    cfg, metric = run.cfg, run.task.metric
+    eval_data = EvalData.from_task(run.task, cfg.eval)
+    members = quick_eval_members(run.pool)
+    if cfg.trainer.eval_grid:  # the grid measures the quick three too
+        scores = run_grid(run.model, run.pool, eval_data, cfg.eval, cfg.select, run.run_dir, str(run.run_dir / CHECKPOINT_NAME), run.console, run.device)
+    else:
+        scores = evaluate_pool(run.model, Pool("quick", tuple(members)), eval_data, cfg.eval, method="naive")
+    quick = [{"width": s.width, "depth": format_depth(s.depth), metric.name: scores[s]} for s in members]
+    run.console.print(metric_table(quick, metric, title=f"quick evaluation on {run.task.eval_name} ({eval_data.eval_size} examples)"))
+    summary["quick_eval"] = quick
+    write_json(run.run_dir / SUMMARY_FILE, summary)
+    run.logger.log_summary(summary)
+    return TrainResult(run.run_dir, summary, run.model)
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console: Optional[Console] = None) -> TrainResult:
+    run = set_up(cfg, run_dir, overrides, console)
     try:
-        watchdog = StallWatchdog(warn_stall, trainer.stall_factor, trainer.stall_seconds)
-        with StopOnInterrupt() as stop, watchdog, TrainProgress(console, total_steps, start_step, steps_per_epoch, trainer.log_every) as progress:
-            for step in range(start_step, total_steps):
-                epoch, step_in_epoch = divmod(step, steps_per_epoch)
-                first_batch = step_in_epoch if trainer.accum_same_batch else step_in_epoch * g
-                num_draws = g if trainer.accum_same_batch else min(g, len(batches) - first_batch)
-                subs = [sampler.draw(step, d, g) for d in range(num_draws)]
-
-                def draws():
-                    shard = ranks.shard(batches.batch_size)
-                    shared = batches.get(epoch, first_batch, shard) if trainer.accum_same_batch else None
-                    for d, sub in enumerate(subs):
-                        yield (sub, *(shared or batches.get(epoch, first_batch + d, shard)))
-
-                lr = scheduler.get_last_lr()[0]
-                watchdog.step_started(step + 1, stall_advice(subs))
-                losses = sorted_update(model, optimizer, draws(), num_draws, F.cross_entropy, autocast,
-                                       before_step=lambda: average_gradients(model, ranks))
-                watchdog.step_finished()
-                scheduler.step()
-                images += num_draws * batches.batch_size
-                pending.extend((epoch, step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses)))
-
-                done = step + 1
-                epoch_end = done % steps_per_epoch == 0
-                at_flush = done % trainer.log_every == 0 or epoch_end or done == total_steps
-                # Ranks must agree on where to stop, so under torchrun they stop at a flush.
-                if ranks.enabled:
-                    stopping = at_flush and any_rank(stop.requested, ranks, device)
-                else:
-                    stopping = stop.requested
-                if at_flush or stopping:
-                    flush()
-                progress.update(done)
-                if stopping:
-                    interrupted = True
-                    break
-                if (epoch_end and (epoch + 1) % trainer.checkpoint_every == 0) or done == total_steps:
-                    save(done)
-
-        wall = time.perf_counter() - start_time
-        finish(ranks)
-        summary = {
-            "final_loss": sum(last_losses) / len(last_losses) if last_losses else None,
-            "steps": done,
-            "total_steps": total_steps,
-            "epochs_done": done / steps_per_epoch,
-            "images_per_second": (images - images_before) / wall if wall > 0 else None,
-            "wall_seconds": elapsed_before + wall,
-            "device": str(device),
-            "pool": pool.name,
-            "pool_size": len(pool),
-            "eval_split": splits.eval_name,
-        }
-        previous = run_dir / SUMMARY_FILE
-        if done == start_step and previous.is_file():
-            # Resumed a finished run (say, to evaluate again): its training figures stand.
-            trained = json.loads(previous.read_text())
-            summary.update({k: trained[k] for k in ("final_loss", "images_per_second", "wall_seconds") if k in trained})
-        if interrupted:
-            path = save(done)
-            console.print(f"interrupted after step {done}; checkpoint saved to {path}")
-            console.print(f"resume with: sortednet train resume={run_dir}", highlight=False)
-            if ranks.is_main:
-                _write_json(run_dir / SUMMARY_FILE, {**summary, "interrupted": True})
-            return TrainResult(run_dir, summary, model, interrupted=True)
-        if not ranks.is_main:
-            return TrainResult(run_dir, summary, model)
-
-        # --- evaluation: the grid of every sub-model, or a quick look at three -------------
-        eval_data = EvalData.from_splits(splits, cfg.eval, device, normalize)
-        members = quick_eval_members(pool)
-        if trainer.eval_grid:  # the grid measures the quick three too
-            scores = run_grid(model, pool, eval_data, cfg.eval, cfg.select, run_dir, str(run_dir / CHECKPOINT_NAME), console, device, trainer.channels_last)
-        else:
-            scores = evaluate_pool(model, Pool("quick", tuple(members)), eval_data, cfg.eval, method="naive")
-        quick = [{"width": s.width, "depth": format_depth(s.depth), "accuracy": scores[s]} for s in members]
-        console.print(accuracy_table(quick, title=f"quick evaluation on {splits.eval_name} ({len(splits.eval)} images)"))
-        summary["quick_eval"] = quick
-        _write_json(run_dir / SUMMARY_FILE, summary)
-        logger.log_summary(summary)
-        return TrainResult(run_dir, summary, model)
+        return finish(run, run_loop(run))
     finally:
-        logger.close()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+        run.logger.close()

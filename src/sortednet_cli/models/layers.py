@@ -8,6 +8,7 @@ gradients land in the shared tensors. Input channels always follow the incoming 
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import Optional
 
 import torch
@@ -89,6 +90,10 @@ class SlicedGroupNorm(nn.GroupNorm):
         c = x.shape[1]
         groups = math.gcd(c, self.max_groups)
         return F.group_norm(x, groups, self.weight[:c], self.bias[:c], self.eps)
+
+
+# "in" is a Python keyword, so this one enum is built from a mapping.
+Norm = Enum("Norm", {"bn": "bn", "in": "in", "gn": "gn"}, type=str)
 
 
 def make_norm(kind: str, channels: int, gn_groups: int = 8) -> nn.Module:

@@ -13,14 +13,18 @@ Depth: stage s runs its first d_s blocks, 1 <= d_s <= n_s.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sorted.submodel import SubModel, scaled
-from .layers import SlicedBatchNorm2d, SlicedConv2d, SlicedDepthwiseConv2d, make_norm
+from ..errors import UserError
+from ..sorted.submodel import scaled
+from .layers import Norm, SlicedConv2d, SlicedDepthwiseConv2d, make_norm
+from .registry import ARCHITECTURES, MODELS
+from .staged import StagedNetwork
 
 # Per stage: (expansion t, output channels c, blocks n, stride of the first block s). Stage 2
 # keeps stride 1 (ImageNet's has 2), so a 32x32 input ends at 4x4.
@@ -86,7 +90,16 @@ class Head(nn.Module):
         return self.classifier(x).flatten(1)
 
 
-class MobileNetV2(nn.Module):
+@dataclass
+class MobileNetV2Config:
+    name: str = "mobilenetv2"
+    norm: Norm = Norm["bn"]
+    num_classes: int = 10
+    gn_groups: int = 8
+
+
+@ARCHITECTURES.register("mobilenetv2")
+class MobileNetV2(StagedNetwork):
     def __init__(
         self,
         stem: int = FULL_STEM,
@@ -153,15 +166,7 @@ class MobileNetV2(nn.Module):
         nn.init.normal_(self.head.classifier.weight, 0.0, 0.01)
         nn.init.zeros_(self.head.classifier.bias)
 
-    @property
-    def depth_limits(self) -> tuple[int, ...]:
-        return tuple(len(stage) for stage in self.stages)
-
-    @property
-    def has_batch_norm(self) -> bool:
-        return any(isinstance(m, SlicedBatchNorm2d) for m in self.modules())
-
-    def channels(self, width: float) -> dict:
+    def units(self, width: float) -> dict:
         """Channel counts of every layer group at `width`."""
         a = self.arch
         return {
@@ -172,37 +177,27 @@ class MobileNetV2(nn.Module):
             "last": scaled(a["last"], width),
         }
 
-    def channel_summary(self, width: float) -> str:
+    def unit_summary(self, width: float) -> str:
         """Output channels per stage at `width`, e.g. '16-24-32-64-96-160-320'."""
-        return "-".join(str(o) for o in self.channels(width)["outs"])
+        return "-".join(str(o) for o in self.units(width)["outs"])
 
-    def sub_arch(self, sub: SubModel) -> dict:
-        """The architecture description of `sub` as a standalone network."""
-        return {**self.arch, **self.channels(sub.width), "blocks": list(sub.depth)}
-
-    # --- the prefix protocol: the pieces of a forward pass, for evaluators that share prefixes
     def run_stem(self, x: torch.Tensor, width: float) -> torch.Tensor:
-        return F.relu6(self.stem_norm(self.stem(x, self.channels(width)["stem"])))
+        return F.relu6(self.stem_norm(self.stem(x, self.units(width)["stem"])))
 
     def run_block(self, stage: int, index: int, x: torch.Tensor, width: float) -> torch.Tensor:
-        ch = self.channels(width)
-        hidden = ch["first_hidden" if index == 0 else "hidden"][stage]
-        return self.stages[stage][index](x, hidden, ch["outs"][stage])
+        units = self.units(width)
+        hidden = units["first_hidden" if index == 0 else "hidden"][stage]
+        return self.stages[stage][index](x, hidden, units["outs"][stage])
 
     def run_head(self, x: torch.Tensor, width: float) -> torch.Tensor:
-        return self.head(x, self.channels(width)["last"])
-
-    def block_module(self, stage: int, index: int) -> nn.Module:
-        return self.stages[stage][index]
+        return self.head(x, self.units(width)["last"])
 
     def head_module(self) -> nn.Module:
         return self.head
 
-    def forward(self, x: torch.Tensor, sub: Optional[SubModel] = None) -> torch.Tensor:
-        # At width 1 every layer keeps all its channels, so the plain network is the same walk.
-        width, depth = (1.0, self.depth_limits) if sub is None else (sub.width, sub.depth)
-        x = self.run_stem(x, width)
-        for stage, d in enumerate(depth):
-            for index in range(d):
-                x = self.run_block(stage, index, x, width)
-        return self.run_head(x, width)
+
+@MODELS.register("mobilenetv2", schema=MobileNetV2Config)
+def mobilenetv2_from_config(cfg) -> MobileNetV2:
+    if cfg.num_classes < 1:
+        raise UserError(f"model.num_classes must be >= 1 (got {cfg.num_classes})")
+    return MobileNetV2(norm=cfg.norm.value, num_classes=cfg.num_classes, gn_groups=cfg.gn_groups)

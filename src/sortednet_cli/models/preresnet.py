@@ -7,14 +7,18 @@ sub-model as a plain standalone network (`model(x)`), which is what export write
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sorted.submodel import SubModel, scaled
-from .layers import SlicedBatchNorm2d, SlicedConv2d, make_norm
+from ..errors import UserError
+from ..sorted.submodel import scaled
+from .layers import Norm, SlicedConv2d, make_norm
+from .registry import ARCHITECTURES, MODELS
+from .staged import StagedNetwork
 
 EXPANSION = 4
 FULL_STEM = 16
@@ -42,7 +46,17 @@ class Bottleneck(nn.Module):
         return out + residual
 
 
-class PreResNet(nn.Module):
+@dataclass
+class CPreResNetConfig:
+    name: str = "cpreresnet20"
+    norm: Norm = Norm["bn"]
+    blocks_per_stage: int = 2
+    num_classes: int = 10
+    gn_groups: int = 8
+
+
+@ARCHITECTURES.register("preresnet")
+class PreResNet(StagedNetwork):
     def __init__(
         self,
         stem: int = FULL_STEM,
@@ -88,15 +102,7 @@ class PreResNet(nn.Module):
                 nn.init.constant_(m.weight, 0.5)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def depth_limits(self) -> tuple[int, ...]:
-        return tuple(len(stage) for stage in self.stages)
-
-    @property
-    def has_batch_norm(self) -> bool:
-        return any(isinstance(m, SlicedBatchNorm2d) for m in self.modules())
-
-    def channels(self, width: float) -> dict:
+    def units(self, width: float) -> dict:
         """Channel counts of every layer group at `width`."""
         a = self.arch
         return {
@@ -105,49 +111,33 @@ class PreResNet(nn.Module):
             "outs": [scaled(o, width) for o in a["outs"]],
         }
 
-    def channel_summary(self, width: float) -> str:
+    def unit_summary(self, width: float) -> str:
         """Bottleneck planes per stage at `width`, e.g. '16-32-64'."""
-        return "-".join(str(p) for p in self.channels(width)["planes"])
+        return "-".join(str(p) for p in self.units(width)["planes"])
 
-    def sub_arch(self, sub: SubModel) -> dict:
-        """The architecture description of `sub` as a standalone network."""
-        return {**self.arch, **self.channels(sub.width), "blocks": list(sub.depth)}
-
-    # --- the prefix protocol: the pieces of a forward pass, for evaluators that share prefixes
     def run_stem(self, x: torch.Tensor, width: float) -> torch.Tensor:
-        return self.stem(x, self.channels(width)["stem"])
+        return self.stem(x, self.units(width)["stem"])
 
     def run_block(self, stage: int, index: int, x: torch.Tensor, width: float) -> torch.Tensor:
-        ch = self.channels(width)
-        return self.stages[stage][index](x, ch["planes"][stage], ch["outs"][stage])
+        units = self.units(width)
+        return self.stages[stage][index](x, units["planes"][stage], units["outs"][stage])
 
     def run_head(self, x: torch.Tensor, width: float) -> torch.Tensor:
-        return self.head(x)
-
-    def block_module(self, stage: int, index: int) -> nn.Module:
-        return self.stages[stage][index]
+        x = F.relu(self.head_norm(x))
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.classifier(x).flatten(1)
 
     def head_module(self) -> nn.Module:
         return self.head_norm
 
-    def forward(self, x: torch.Tensor, sub: Optional[SubModel] = None) -> torch.Tensor:
-        if sub is None:
-            return self._run(x, None, self.depth_limits)
-        return self._run(x, self.channels(sub.width), sub.depth)
 
-    def _run(self, x: torch.Tensor, ch: Optional[dict], depth: Sequence[int]) -> torch.Tensor:
-        x = self.stem(x, ch and ch["stem"])
-        for index, (stage, d) in enumerate(zip(self.stages, depth)):
-            planes = ch and ch["planes"][index]
-            outs = ch and ch["outs"][index]
-            for block in stage[:d]:
-                x = block(x, planes, outs)
-        return self.head(x)
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.head_norm(x))
-        x = F.adaptive_avg_pool2d(x, 1)
-        return self.classifier(x).flatten(1)
+@MODELS.register("cpreresnet20", schema=CPreResNetConfig)
+def cpreresnet_from_config(cfg) -> PreResNet:
+    if cfg.blocks_per_stage < 1:
+        raise UserError(f"model.blocks_per_stage must be >= 1 (got {cfg.blocks_per_stage})")
+    if cfg.num_classes < 1:
+        raise UserError(f"model.num_classes must be >= 1 (got {cfg.num_classes})")
+    return cpreresnet(cfg.blocks_per_stage, cfg.norm.value, cfg.num_classes, cfg.gn_groups)
 
 
 def cpreresnet(blocks_per_stage: int, norm: str, num_classes: int, gn_groups: int) -> PreResNet:

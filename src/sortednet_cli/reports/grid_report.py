@@ -12,27 +12,32 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..sorted.submodel import depth_order_key, parse_depth
+from ..tasks.base import Metric
 
-GRID_COLUMNS = ["width", "depth", "params", "mflops", "accuracy", "relative", "latency_ms_bs1", "latency_ms_bs256"]
-NUMERIC = {"width": float, "params": int, "mflops": float, "accuracy": float, "relative": float, "latency_ms_bs1": float, "latency_ms_bs256": float}
+
+def grid_columns(metric_name: str) -> list[str]:
+    """grid.csv's columns: the metric's is named by the task ("accuracy" for image tasks)."""
+    return ["width", "depth", "params", "mflops", metric_name, "relative", "latency_ms_bs1", "latency_ms_bs256"]
 
 
 def write_grid(rows: list[dict], meta: dict, run_dir: Path) -> None:
+    columns = grid_columns(meta["metric"]["name"])
     with open(run_dir / "grid.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, GRID_COLUMNS)
+        writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        writer.writerows({k: ("" if row[k] is None else row[k]) for k in GRID_COLUMNS} for row in rows)
+        writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
     (run_dir / "grid.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
 
 
-def grid_metric_name(meta: Optional[dict]) -> str:
-    """The grid's metric column, named by the task's metric in grid.json; grids written before
-    grid.json named it hold accuracy."""
-    return (meta or {}).get("metric", {}).get("name", "accuracy")
+def _number(column: str, text: str):
+    if text == "":
+        return None
+    return int(text) if column == "params" else float(text)
 
 
-def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path]:
-    """Rows of a grid.csv (or of the grid.csv in a directory), and its grid.json when beside it."""
+def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path, Metric]:
+    """Rows of a grid.csv (or of the grid.csv in a directory), its grid.json when beside it, and
+    the metric the grid measures (from grid.json; older grids are accuracy grids)."""
     path = Path(location).expanduser()
     if path.is_dir():
         path = path / "grid.csv"
@@ -40,21 +45,20 @@ def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path]:
         raise UserError(f"no grid at {path}")
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    metric = grid_metric_name(meta)
-    columns = [metric if c == "accuracy" else c for c in GRID_COLUMNS]
-    numeric = {**NUMERIC, metric: float}
+    metric = Metric.from_dict((meta or {}).get("metric"))
+    columns = grid_columns(metric.name)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path} is not a grid: missing columns {', '.join(missing)}")
         try:
-            rows = [{k: (numeric[k](v) if v != "" else None) if k in numeric else v for k, v in row.items() if k in columns} for row in reader]
+            rows = [{k: v if k == "depth" else _number(k, v) for k, v in row.items() if k in columns} for row in reader]
         except ValueError as exc:
             raise UserError(f"{path} has a value that is not a number: {exc}") from None
     if not rows:
         raise UserError(f"{path} has no rows")
-    return rows, meta, path
+    return rows, meta, path, metric
 
 
 def _axes(rows: list[dict]):
@@ -70,19 +74,22 @@ def grid_matrix(rows: list[dict], key: str = "accuracy"):
     return widths, depths, matrix
 
 
-def draw_heatmap(ax, rows: list[dict], bar: Optional[float] = None, vmin=None, vmax=None, key="accuracy", show_relative=True):
-    """Width on x, depth settings on y; each cell shows the accuracy and its % of the baseline.
-    Darker is better. Cells below `bar` are masked grey."""
+def draw_heatmap(ax, rows: list[dict], bar: Optional[float] = None, vmin=None, vmax=None, key="accuracy", show_relative=True,
+                 scale: float = 100, higher_is_better: bool = True):
+    """Width on x, depth settings on y; each cell shows the metric (times `scale`: percent for
+    fractions) and its % of the baseline. Darker is better. Cells worse than `bar` are masked grey."""
     import numpy as np
 
     widths, depths, matrix = grid_matrix(rows, key)
-    values = np.array(matrix, dtype=float) * (100 if key == "accuracy" else 1)
+    values = np.array(matrix, dtype=float) * scale
     masked = np.ma.masked_invalid(values)
+    sign = 1 if higher_is_better else -1
+    failing = (lambda v: sign * v < sign * bar * scale) if bar is not None else (lambda v: False)
     if bar is not None:
-        masked = np.ma.masked_where(values < bar * 100, masked)
+        masked = np.ma.masked_where(failing(values), masked)
     import matplotlib
 
-    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#d9d9d9")
+    cmap = matplotlib.colormaps["Blues" if higher_is_better else "Blues_r"].with_extremes(bad="#d9d9d9")
     shown = masked.compressed() if masked.count() else np.array([0.0])
     lo = vmin if vmin is not None else float(shown.min())
     hi = vmax if vmax is not None else float(shown.max())
@@ -94,8 +101,9 @@ def draw_heatmap(ax, rows: list[dict], bar: Optional[float] = None, vmin=None, v
             v = values[y, x]
             if math.isnan(v):
                 continue
-            dark = hi > lo and (v - lo) / (hi - lo) > 0.6 and not (bar is not None and v < bar * 100)
-            text = f"{v:.1f}"
+            goodness = (v - lo) / (hi - lo) if hi > lo else 0.0
+            dark = (goodness if higher_is_better else 1 - goodness) > 0.6 and not failing(v)
+            text = f"{v:.1f}" if scale == 100 else f"{v:.3g}"
             rel = relative.get((width, depth))
             if show_relative and rel is not None:
                 text += f"\n{100 * rel:.0f}%"
@@ -107,7 +115,12 @@ def draw_heatmap(ax, rows: list[dict], bar: Optional[float] = None, vmin=None, v
     return image
 
 
-def save_heatmap(rows: list[dict], title: str, path: Path) -> None:
+def heatmap_style(metric: Metric) -> dict:
+    """draw_heatmap's arguments for a metric: percent for fractions, direction for the colours."""
+    return {"key": metric.name, "scale": 100 if metric.is_fraction else 1, "higher_is_better": metric.higher_is_better}
+
+
+def save_heatmap(rows: list[dict], title: str, path: Path, metric: Metric) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,21 +128,21 @@ def save_heatmap(rows: list[dict], title: str, path: Path) -> None:
 
     widths, depths = _axes(rows)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(widths) + 2.5), max(3.0, 0.6 * len(depths) + 1.6)))
-    image = draw_heatmap(ax, rows)
-    fig.colorbar(image, ax=ax, label="accuracy (%)", fraction=0.03, pad=0.02)
+    image = draw_heatmap(ax, rows, **heatmap_style(metric))
+    fig.colorbar(image, ax=ax, label=f"{metric.name} (%)" if metric.is_fraction else metric.name, fraction=0.03, pad=0.02)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def grid_table(rows: list[dict], title: str) -> Table:
-    """Rows = depth settings, columns = widths, cells = accuracy %."""
-    widths, depths, matrix = grid_matrix(rows)
+def grid_table(rows: list[dict], title: str, metric: Metric) -> Table:
+    """Rows = depth settings, columns = widths, cells = the metric (% for fractions)."""
+    widths, depths, matrix = grid_matrix(rows, metric.name)
     table = Table(title=title, padding=(0, 0), show_edge=False)
     table.add_column("depth")
     for w in widths:
         table.add_column(f"{w:g}", justify="right")
     for depth, values in zip(depths, matrix):
-        table.add_row(depth, *("" if math.isnan(v) else f"{100 * v:.1f}" for v in values))
+        table.add_row(depth, *("" if math.isnan(v) else f"{100 * v:.1f}" if metric.is_fraction else f"{v:.3g}" for v in values))
     return table

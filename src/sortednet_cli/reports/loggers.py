@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..registry import Registry
 
 METRIC_COLUMNS = ["epoch", "step", "width", "depth", "loss", "lr", "elapsed_s", "draw"]
 METRICS_FILE = "metrics.csv"
@@ -92,10 +93,11 @@ class WandbLogger(CsvLogger):
         self.run.finish()
 
 
+LOGGERS = Registry("logger.name")
+LOGGERS.register("none")(lambda cfg, run_dir, config_dict, resume_step: NullLogger())
+LOGGERS.register("csv")(lambda cfg, run_dir, config_dict, resume_step: CsvLogger(run_dir, resume_step))
+LOGGERS.register("wandb")(lambda cfg, run_dir, config_dict, resume_step: WandbLogger(run_dir, cfg, config_dict, resume_step))
+
+
 def build_logger(cfg, run_dir: Path, config_dict: dict, resume_step: Optional[int] = None):
-    name = cfg.name.value
-    if name == "none":
-        return NullLogger()
-    if name == "wandb":
-        return WandbLogger(run_dir, cfg, config_dict, resume_step)
-    return CsvLogger(run_dir, resume_step)
+    return LOGGERS.get(cfg.name)(cfg, run_dir, config_dict, resume_step)

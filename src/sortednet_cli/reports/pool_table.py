@@ -1,4 +1,4 @@
-"""The pool as a table: one row per sub-model with its channels, parameters and MFLOPs."""
+"""The pool as a table and pool.csv: one row per sub-model with its units, parameters and MFLOPs."""
 
 from __future__ import annotations
 
@@ -7,25 +7,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..sorted.extract import mflops_per_image, parameter_count
 from ..sorted.pool import Pool
-from ..sorted.submodel import format_depth
 
 POOL_COLUMNS = ["index", "width", "depth", "channels", "params", "mflops"]
-
-
-def describe_pool(model, pool: Pool) -> list[dict]:
-    return [
-        {
-            "index": index,
-            "width": sub.width,
-            "depth": format_depth(sub.depth),
-            "channels": model.channel_summary(sub.width),
-            "params": parameter_count(model, sub),
-            "mflops": round(mflops_per_image(model, sub), 3),
-        }
-        for index, sub in enumerate(pool)
-    ]
 
 
 def write_pool_csv(rows: list[dict], path: Path) -> Path:

@@ -8,38 +8,41 @@ from pathlib import Path
 from rich.console import Console
 
 from ..sorted.selection import COST_COLUMNS
-from .grid_report import draw_heatmap
+from ..tasks.base import Metric
+from .grid_report import draw_heatmap, heatmap_style
 
 
-def write_selection(result: dict, rows: list[dict], title: str, run_dir: Path) -> None:
+def write_selection(result: dict, rows: list[dict], title: str, run_dir: Path, metric: Metric) -> None:
     (run_dir / "selected.json").write_text(json.dumps(result, indent=2) + "\n")
-    save_selection_plot(result, rows, title, run_dir / "selection.png")
+    save_selection_plot(result, rows, title, run_dir / "selection.png", metric)
 
 
-def save_selection_plot(result: dict, rows: list[dict], title: str, path: Path) -> None:
+def save_selection_plot(result: dict, rows: list[dict], title: str, path: Path, metric: Metric) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cost = COST_COLUMNS[result["bar"]["cost"]]
-    bar = result["bar"]["accuracy"]
+    key = metric.name
+    bar = result["bar"][key]
+    scale = 100 if metric.is_fraction else 1
     n_widths = len({r["width"] for r in rows})
     fig, (scatter, heat) = plt.subplots(1, 2, figsize=(6 + max(5.0, 0.75 * n_widths + 2), 5.2), gridspec_kw={"width_ratios": [1, max(1.0, n_widths / 8)]})
-    below = [r for r in rows if r["accuracy"] < bar]
-    above = [r for r in rows if r["accuracy"] >= bar]
-    scatter.scatter([r[cost] for r in below], [100 * r["accuracy"] for r in below], s=14, color="#bbbbbb", label="below the bar")
-    scatter.scatter([r[cost] for r in above], [100 * r["accuracy"] for r in above], s=16, color="#1f77b4", label="selected")
+    above = [r for r in rows if metric.at_least_as_good(r[key], bar)]
+    below = [r for r in rows if not metric.at_least_as_good(r[key], bar)]
+    scatter.scatter([r[cost] for r in below], [scale * r[key] for r in below], s=14, color="#bbbbbb", label="below the bar")
+    scatter.scatter([r[cost] for r in above], [scale * r[key] for r in above], s=16, color="#1f77b4", label="selected")
     front = result["pareto"]
     if front:
-        scatter.plot([r[cost] for r in front], [100 * r["accuracy"] for r in front], "-o", color="#d62728", ms=4, label="Pareto front")
-    scatter.axhline(100 * bar, color="black", ls="--", lw=1, label=f"bar {100 * bar:.1f}%")
+        scatter.plot([r[cost] for r in front], [scale * r[key] for r in front], "-o", color="#d62728", ms=4, label="Pareto front")
+    scatter.axhline(scale * bar, color="black", ls="--", lw=1, label=f"bar {metric.format(bar, 1)}")
     scatter.set_xlabel({"mflops": "MFLOPs per image", "params": "parameters", "latency_ms_bs1": "latency (ms/image, batch 1)"}[cost])
-    scatter.set_ylabel("accuracy (%)")
+    scatter.set_ylabel(f"{key} (%)" if metric.is_fraction else key)
     scatter.set_title(f"{len(above)} of {len(rows)} sub-models selected", fontsize=10)
-    scatter.legend(fontsize=8, loc="lower right")
+    scatter.legend(fontsize=8, loc="lower right" if metric.higher_is_better else "upper right")
     scatter.grid(alpha=0.3)
-    draw_heatmap(heat, rows, bar=bar)
+    draw_heatmap(heat, rows, bar=bar, **heatmap_style(metric))
     heat.set_title("grid, cells below the bar masked", fontsize=10)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -47,19 +50,20 @@ def save_selection_plot(result: dict, rows: list[dict], title: str, path: Path) 
     plt.close(fig)
 
 
-def print_selection(console: Console, result: dict) -> None:
+def print_selection(console: Console, result: dict, metric: Metric) -> None:
     bar = result["bar"]
+    key = metric.name
     pieces = []
     if bar["min_relative"] is not None:
-        pieces.append(f"{100 * bar['min_relative']:.0f}% of baseline {100 * bar['baseline']:.2f}%")
+        pieces.append(f"{100 * bar['min_relative']:.0f}% of baseline {metric.format(bar['baseline'])}")
     if bar["min_accuracy"] is not None:
-        pieces.append(f"absolute {100 * bar['min_accuracy']:.2f}%")
-    console.print(f"bar: {100 * bar['accuracy']:.2f}% ({' and '.join(pieces)}), cost: {bar['cost']}", highlight=False)
+        pieces.append(f"absolute {metric.format(bar['min_accuracy'])}")
+    console.print(f"bar: {metric.format(bar[key])} ({' and '.join(pieces)}), cost: {bar['cost']}", highlight=False)
     if not result["selected"]:
         best = result["best"]
         console.print(
             f"no sub-model reaches the bar; the best is width {best['width']:g} depth {best['depth']} "
-            f"at {100 * best['accuracy']:.2f}%",
+            f"at {metric.format(best[key])}",
             highlight=False,
         )
         return
@@ -68,12 +72,12 @@ def print_selection(console: Console, result: dict) -> None:
     console.print(
         f"selected {len(result['selected'])} sub-models, {len(result['pareto'])} on the Pareto front; "
         f"cheapest: width {cheapest['width']:g} depth {cheapest['depth']} ({cheapest[cost]:g} {bar['cost']}, "
-        f"{100 * cheapest['accuracy']:.2f}%)",
+        f"{metric.format(cheapest[key])})",
         highlight=False,
     )
     if result["budget"]:
         pick = result["budget"]["best"]
         if pick:
-            console.print(f"within budget {result['budget']['limit']:g} {bar['cost']}: width {pick['width']:g} depth {pick['depth']} at {100 * pick['accuracy']:.2f}%", highlight=False)
+            console.print(f"within budget {result['budget']['limit']:g} {bar['cost']}: width {pick['width']:g} depth {pick['depth']} at {metric.format(pick[key])}", highlight=False)
         else:
             console.print(f"no sub-model fits within budget {result['budget']['limit']:g} {bar['cost']}", highlight=False)

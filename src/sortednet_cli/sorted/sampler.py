@@ -12,6 +12,7 @@ import random
 from typing import Callable, Optional, Sequence
 
 from ..errors import UserError
+from ..registry import Registry
 from .pool import Pool
 from .submodel import SubModel
 
@@ -21,14 +22,16 @@ def _unit_random(seed: int, step: int, draw: int) -> float:
     return random.Random(f"sortednet/{seed}/{step}/{draw}").random()
 
 
+SAMPLERS = Registry("sampler.name")
+
+
 class Sampler:
-    """Draws pool members with fixed probabilities."""
+    """Draws pool members with fixed probabilities (uniform unless given)."""
 
-    name = "uniform"
-
-    def __init__(self, pool: Pool, seed: int, probabilities: Optional[Sequence[float]] = None):
+    def __init__(self, pool: Pool, seed: int, probabilities: Optional[Sequence[float]] = None, name: str = "uniform"):
         self.pool = pool
         self.seed = seed
+        self.name = name
         n = len(pool)
         probs = list(probabilities) if probabilities is not None else [1.0 / n] * n
         total = sum(probs)
@@ -43,16 +46,11 @@ class Sampler:
     def draw(self, step: int, draw: int, draws_per_step: int) -> SubModel:
         return self._random_member(step, draw)
 
-    def state_dict(self) -> dict:
-        return {"name": self.name, "seed": self.seed, "probabilities": self.probabilities}
-
 
 class SandwichSampler(Sampler):
     """US-Nets' sandwich rule: each step trains the largest, the smallest, then random members.
 
     With one draw per step the three roles take turns from step to step."""
-
-    name = "sandwich"
 
     def draw(self, step: int, draw: int, draws_per_step: int) -> SubModel:
         role = draw if draws_per_step > 1 else step % 3
@@ -66,28 +64,28 @@ class SandwichSampler(Sampler):
 class FullSampler(Sampler):
     """Always the pool's largest member: ordinary training of one network."""
 
-    name = "full"
-
     def draw(self, step: int, draw: int, draws_per_step: int) -> SubModel:
         return self.pool.largest
 
 
-class WeightedSampler(Sampler):
-    name = "weighted"
+@SAMPLERS.register("uniform")
+def uniform(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> Sampler:
+    return Sampler(pool, seed)
 
 
-def build_sampler(
-    cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]
-) -> Sampler:
-    """`cfg` is the sampler config. For sampler=weighted, explicit weights win over alpha;
-    `cost` (e.g. MFLOPs) is only asked for when alpha is used."""
-    name = cfg.name.value
-    if name == "uniform":
-        return Sampler(pool, seed)
-    if name == "sandwich":
-        return SandwichSampler(pool, seed)
-    if name == "full":
-        return FullSampler(pool, seed)
+@SAMPLERS.register("sandwich")
+def sandwich(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> Sampler:
+    return SandwichSampler(pool, seed, name="sandwich")
+
+
+@SAMPLERS.register("full")
+def full(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> Sampler:
+    return FullSampler(pool, seed, name="full")
+
+
+@SAMPLERS.register("weighted")
+def weighted(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> Sampler:
+    """Explicit weights win over alpha; `cost` (e.g. MFLOPs) is only asked for with alpha."""
     if cfg.weights is not None:
         weights = list(cfg.weights)
         if len(weights) != len(pool):
@@ -96,7 +94,12 @@ def build_sampler(
             )
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise UserError("sampler.weights must be non-negative with a positive sum")
-        return WeightedSampler(pool, seed, weights)
+        return Sampler(pool, seed, weights, name="weighted")
     if cfg.alpha is not None:
-        return WeightedSampler(pool, seed, [cost(s) ** cfg.alpha for s in pool])
+        return Sampler(pool, seed, [cost(s) ** cfg.alpha for s in pool], name="weighted")
     raise UserError("sampler=weighted needs sampler.weights=[...] or sampler.alpha=<number>")
+
+
+def build_sampler(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> Sampler:
+    """The sampler a `sampler` config names; `cost(sub)` is asked only by samplers that need it."""
+    return SAMPLERS.get(cfg.name)(cfg, pool, seed, cost)

@@ -28,6 +28,11 @@ class SubModel:
         return cls(float(row["width"]), tuple(int(d) for d in row["depth"]))
 
 
+def full_submodel(depth_limits: Sequence[int]) -> SubModel:
+    """The whole network: width 1 with every stage at its full depth."""
+    return SubModel(1.0, tuple(depth_limits))
+
+
 def scaled(channels: int, width: float) -> int:
     """Channels kept at `width`: the first max(1, round_half_up(channels * width))."""
     # The small epsilon keeps 0.15 * 20 = 2.9999999999999996 from rounding down.

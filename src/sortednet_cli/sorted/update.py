@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Optional
 
 import torch
 from torch import nn
 
 from .submodel import SubModel
 
-Draw = tuple[SubModel, torch.Tensor, torch.Tensor]
+Draw = tuple[SubModel, Any, Any]  # (sub-model, inputs, targets)
 
 
 def sorted_update(
@@ -18,15 +18,17 @@ def sorted_update(
     optimizer: torch.optim.Optimizer,
     draws: Iterable[Draw],
     num_draws: int,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     before_step: Callable[[], None] = lambda: None,
+    clip_grad_norm: Optional[float] = None,
 ) -> list[torch.Tensor]:
     """Train each drawn (sub-model, inputs, targets) on loss / num_draws, then step once.
 
     `before_step` runs once the gradients of all draws are in (data parallelism averages them
-    there: one all-reduce per step). Returns the per-draw losses, detached and still on the
-    device (no host synchronisation)."""
+    there: one all-reduce per step); the gradient norm is clipped after it, over the step's
+    accumulated gradient. Returns the per-draw losses, detached and still on the device (no
+    host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
     losses = []
     for sub, inputs, targets in draws:
@@ -35,5 +37,7 @@ def sorted_update(
         (loss / num_draws).backward()
         losses.append(loss.detach())
     before_step()
+    if clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm, foreach=True)
     optimizer.step()
     return losses

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ...errors import UserError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -110,7 +110,7 @@ def load_splits(cfg, num_classes: int) -> Splits:
     for key in ("train_subset", "test_subset", "val_size"):
         if getattr(cfg, key) < 0:
             raise UserError(f"data.{key} must be >= 0 (got {getattr(cfg, key)})")
-    if cfg.name.value == "fake":
+    if cfg.name == "fake":
         train = _fake_images(cfg.fake_train_size, num_classes, noise_seed=1)
         test = _fake_images(cfg.fake_test_size, num_classes, noise_seed=2)
     else:

@@ -1,4 +1,5 @@
-"""sortednet bench: the project's fast paths measured against plain PyTorch, side by side.
+"""sortednet bench for image classification: the project's fast paths measured against plain
+PyTorch, side by side.
 
 Every comparison runs both sides in this one process, on the same device, data, model class
 and sampler, alternating them `rounds` times and reporting medians, so background load or
@@ -18,14 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BenchSettings
-from ..errors import UserError
-from ..models import build_model
-from ..sorted.grid import evaluate_naive, evaluate_shared
-from ..sorted.pool import build_pool, pool_from_config
-from ..sorted.sampler import Sampler
-from ..sorted.update import sorted_update
+from ...config import BenchSettings
+from ...errors import UserError
+from ...models import build_model
+from ...sorted.pool import build_pool, pool_from_config
+from ...sorted.prefix_eval import METHODS
+from ...sorted.sampler import Sampler
+from ...sorted.update import sorted_update
 from .data import CIFAR10_MEAN, CIFAR10_STD, ImageSet, Normalizer, TrainBatches, eval_batches, load_splits
+from .task import AccuracyMeter
 
 QUICK = {"rounds": 5, "steps": 6, "eval_images": 64, "calib_images": 64, "grid_rounds": 3}
 
@@ -206,7 +208,7 @@ def run_bench(cfg, device: torch.device, console) -> dict:
         return model.to(device)
 
     images_per_step = min(s["batch_size"], len(splits.train))
-    console.print(f"bench on {device} ({torch.get_num_threads()} threads), {cfg.data.name.value} data, {len(splits.train)} training images", highlight=False)
+    console.print(f"bench on {device} ({torch.get_num_threads()} threads), {cfg.data.name} data, {len(splits.train)} training images", highlight=False)
 
     # 1. training throughput: the project's loop against the plain loop, pool=160
     console.print("1/4 training throughput, pool=160: project loop vs plain DataLoader loop ...")
@@ -229,15 +231,15 @@ def run_bench(cfg, device: torch.device, console) -> dict:
     eval_set = splits.eval.first(s["eval_images"]).to(device)
     calib_set = splits.train.first(s["calib_images"]).to(device)
     batch = 500
-    recal = model.has_batch_norm
+    recal = bool(model.recalibrated_norms())
     results = {}
 
     def grid(method):
         def run():
-            results[method] = method_fn[method](model, pool160, lambda: eval_batches(eval_set, batch, normalize), lambda: eval_batches(calib_set, batch, normalize), recal)
+            results[method] = METHODS[method](model, pool160, lambda: eval_batches(eval_set, batch, normalize),
+                                              lambda: eval_batches(calib_set, batch, normalize), recal, AccuracyMeter)
         return run
 
-    method_fn = {"shared": evaluate_shared, "naive": evaluate_naive}
     # A grid evaluation is long enough to need no warm-up run of its own.
     grid_times = alternate({"shared": grid("shared"), "naive": grid("naive")}, s["grid_rounds"], device, warm_up=False)
     same = results["shared"] == results["naive"]
@@ -258,7 +260,7 @@ def run_bench(cfg, device: torch.device, console) -> dict:
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "data": cfg.data.name.value,
+        "data": cfg.data.name,
         "settings": s,
         "train_images_per_second": throughput,
         "train_speedup": throughput["project"] / throughput["reference"],

@@ -1,21 +1,22 @@
-"""Accuracy of every sub-model of a pool: one at a time (naive) or sharing prefixes (shared).
+"""The metric of every sub-model of a pool: one at a time (naive) or sharing prefixes (shared).
 
 Within a stage, running the first d blocks is a prefix of running more, and a stage's input
 depends only on the depths of the stages before it. So for one width the depth settings form a
 tree (stage 1 depth, then stage 2 depth, ...) and one walk over it computes every block output
-exactly once, emitting the head's logits at each leaf. BatchNorm recalibration walks the same
+exactly once, emitting the head's outputs at each leaf. BatchNorm recalibration walks the same
 tree: a block's statistics depend only on what ran before it, so each tree node keeps its own
 copy of the block's buffers (swapped in and out around the block), and each leaf its own head
 statistics. Both methods give the same predictions up to float reduction order.
 
-Model-agnostic: it needs only the prefix protocol described in sortednet_cli.models.
+Model- and task-agnostic: it needs the prefix protocol of sortednet_cli.models.protocol, and a
+`new_meter()` (from the task) that accumulates one sub-model's outputs against the targets.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -23,18 +24,15 @@ from torch import nn
 from .pool import Pool
 from .submodel import SubModel
 
-Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
-
-
-def _norm_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+Batches = Callable[[], Iterable[tuple[Any, Any]]]
+NewMeter = Callable[[], Any]  # a fresh meter: update(outputs, targets), value()
 
 
 @contextlib.contextmanager
 def preserved_buffers(model: nn.Module) -> Iterator[None]:
     """Evaluation rewrites running statistics; put the originals back afterwards."""
     saved = {name: buf.clone() for name, buf in model.named_buffers()}
-    momenta = {m: m.momentum for m in _norm_modules(model)}
+    momenta = {m: m.momentum for m in model.recalibrated_norms()}
     try:
         yield
     finally:
@@ -46,7 +44,7 @@ def preserved_buffers(model: nn.Module) -> Iterator[None]:
 
 
 def _reset_statistics(model: nn.Module) -> None:
-    for m in _norm_modules(model):
+    for m in model.recalibrated_norms():
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
 
@@ -56,33 +54,33 @@ def recalibrate(model: nn.Module, sub: SubModel, calib_batches: Batches) -> None
     """Recompute the BatchNorm statistics `sub` uses (cumulative average, no gradients)."""
     _reset_statistics(model)
     model.train()
-    for images, _ in calib_batches():
-        model(images, sub)
+    for inputs, _ in calib_batches():
+        model(inputs, sub)
     model.eval()
 
 
 @torch.no_grad()
-def evaluate_naive(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool) -> dict[SubModel, float]:
-    """Each sub-model on its own: recalibrate its statistics, then count correct predictions."""
+def evaluate_naive(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool, new_meter: NewMeter) -> dict[SubModel, float]:
+    """Each sub-model on its own: recalibrate its statistics, then measure it."""
     results = {}
     with preserved_buffers(model):
         for sub in pool:
             if recalibrate_bn:
                 recalibrate(model, sub, calib_batches)
             model.eval()
-            correct = total = 0
-            for images, labels in eval_batches():
-                correct += (model(images, sub).argmax(1) == labels).sum()
-                total += len(labels)
-            results[sub] = int(correct) / max(1, total)
+            meter = new_meter()
+            for inputs, targets in eval_batches():
+                meter.update(model(inputs, sub), targets)
+            results[sub] = meter.value()
     return results
 
 
 class _NodeStatistics:
     """Per tree node copies of a module's buffers, swapped in around each use of the module."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, norms: list[nn.Module]):
         self.enabled = enabled
+        self.norms = set(norms)
         self.store: dict[tuple, dict[str, torch.Tensor]] = {}
 
     @contextlib.contextmanager
@@ -93,7 +91,7 @@ class _NodeStatistics:
         buffers = dict(module.named_buffers())
         if key not in self.store:
             for m in module.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if m in self.norms:
                     m.reset_running_stats()
             self.store[key] = {name: buf.clone() for name, buf in buffers.items()}
         for name, buf in buffers.items():
@@ -114,14 +112,14 @@ class _PrefixTree:
         self.stats = stats
         self.last_stage = len(depths[0]) - 1
 
-    def walk(self, images: torch.Tensor, keep_stats: bool) -> dict[tuple[int, ...], torch.Tensor]:
-        logits: dict[tuple[int, ...], torch.Tensor] = {}
+    def walk(self, inputs: Any, keep_stats: bool) -> dict[tuple[int, ...], torch.Tensor]:
+        outputs: dict[tuple[int, ...], torch.Tensor] = {}
         # The stem is the same for every depth of a width: its statistics need no per-node copy.
-        h = self.model.run_stem(images, self.width)
-        self._stage(h, 0, (), keep_stats, logits)
-        return logits
+        h = self.model.run_stem(inputs, self.width)
+        self._stage(h, 0, (), keep_stats, outputs)
+        return outputs
 
-    def _stage(self, h, stage: int, prefix: tuple[int, ...], keep: bool, logits: dict) -> None:
+    def _stage(self, h, stage: int, prefix: tuple[int, ...], keep: bool, outputs: dict) -> None:
         needed = sorted({d[stage] for d in self.depths if d[:stage] == prefix})
         for j in range(1, needed[-1] + 1):
             with self.stats.use(("block", stage, prefix, j), self.model.block_module(stage, j - 1), keep):
@@ -131,13 +129,13 @@ class _PrefixTree:
             path = prefix + (j,)
             if stage == self.last_stage:
                 with self.stats.use(("head", path), self.model.head_module(), keep):
-                    logits[path] = self.model.run_head(h, self.width)
+                    outputs[path] = self.model.run_head(h, self.width)
             else:
-                self._stage(h, stage + 1, path, keep, logits)
+                self._stage(h, stage + 1, path, keep, outputs)
 
 
 @torch.no_grad()
-def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool) -> dict[SubModel, float]:
+def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool, new_meter: NewMeter) -> dict[SubModel, float]:
     """Every sub-model of the pool, one prefix-tree walk per width and batch."""
     by_width: dict[float, list[tuple[int, ...]]] = defaultdict(list)
     for sub in pool:
@@ -145,21 +143,19 @@ def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_b
     results = {}
     with preserved_buffers(model):
         for width, depths in by_width.items():
-            tree = _PrefixTree(model, width, depths, _NodeStatistics(enabled=recalibrate_bn))
+            tree = _PrefixTree(model, width, depths, _NodeStatistics(recalibrate_bn, model.recalibrated_norms()))
             if recalibrate_bn:
                 _reset_statistics(model)
                 model.train()
-                for images, _ in calib_batches():
-                    tree.walk(images, keep_stats=True)
+                for inputs, _ in calib_batches():
+                    tree.walk(inputs, keep_stats=True)
             model.eval()
-            correct = defaultdict(int)
-            total = 0
-            for images, labels in eval_batches():
-                for depth, out in tree.walk(images, keep_stats=False).items():
-                    correct[depth] += (out.argmax(1) == labels).sum()
-                total += len(labels)
+            meters = {depth: new_meter() for depth in depths}
+            for inputs, targets in eval_batches():
+                for depth, out in tree.walk(inputs, keep_stats=False).items():
+                    meters[depth].update(out, targets)
             for depth in depths:
-                results[SubModel(width, depth)] = int(correct[depth]) / max(1, total)
+                results[SubModel(width, depth)] = meters[depth].value()
     return {sub: results[sub] for sub in pool}
 
 

@@ -1,0 +1,29 @@
+"""What a sub-model costs: its own parameters and its forward FLOPs per example."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..sorted.submodel import SubModel
+from .registry import build_from_arch
+
+
+def parameter_count(model: nn.Module, sub: SubModel) -> int:
+    return sum(p.numel() for p in build_from_arch(model.sub_arch(sub)).parameters())
+
+
+@torch.no_grad()
+def mflops_per_example(model: nn.Module, sub: SubModel, example: Any) -> float:
+    """Forward FLOPs of `sub` on a one-example input (the task's example input), counted by
+    torch.utils.flop_counter (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(example, sub)
+    model.train(was_training)
+    return counter.get_total_flops() / 1e6

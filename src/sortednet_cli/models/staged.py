@@ -1,0 +1,55 @@
+"""What every sliced CNN here shares: stages of blocks in `self.stages`, a forward pass that is
+the prefix protocol's walk, standalone sub-networks cut by one slicing rule."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..sorted.submodel import SubModel
+from .layers import SlicedBatchNorm2d
+from .registry import build_from_arch
+
+
+class StagedNetwork(nn.Module):
+    """Subclasses build `self.stages` (a ModuleList of ModuleLists of blocks) and `self.arch`,
+    and define `units`, `unit_summary`, `run_stem`, `run_block`, `run_head` and `head_module`."""
+
+    stages: nn.ModuleList
+    arch: dict
+
+    @property
+    def depth_limits(self) -> tuple[int, ...]:
+        return tuple(len(stage) for stage in self.stages)
+
+    def recalibrated_norms(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, SlicedBatchNorm2d)]
+
+    def sub_arch(self, sub: SubModel) -> dict:
+        return {**self.arch, **self.units(sub.width), "blocks": list(sub.depth)}
+
+    def block_module(self, stage: int, index: int) -> nn.Module:
+        return self.stages[stage][index]
+
+    def forward(self, x: torch.Tensor, sub: Optional[SubModel] = None) -> torch.Tensor:
+        # At width 1 every layer keeps all its units, so the plain network is the same walk.
+        width, depth = (1.0, self.depth_limits) if sub is None else (sub.width, sub.depth)
+        x = self.run_stem(x, width)
+        for stage, blocks in enumerate(depth):
+            for index in range(blocks):
+                x = self.run_block(stage, index, x, width)
+        return self.run_head(x, width)
+
+    def extract(self, sub: SubModel) -> nn.Module:
+        """A network built at `sub`'s sizes holding copies of the leading slices of this one's
+        tensors: every tensor of a sub-model is the origin-anchored slice of the same-named
+        full tensor, so one rule covers every layer (and running statistics)."""
+        small = build_from_arch(self.sub_arch(sub))
+        full_state = self.state_dict()
+        small.load_state_dict({
+            name: full_state[name][tuple(slice(0, n) for n in tensor.shape)].clone()
+            for name, tensor in small.state_dict().items()
+        })
+        return small.to(next(self.parameters()).device)

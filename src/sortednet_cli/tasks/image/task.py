@@ -1,0 +1,126 @@
+"""Image classification (CIFAR-10 and synthetic CIFAR-shaped images): the first task."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..base import Batch, Metric
+from ..registry import TASKS
+from .data import Normalizer, TrainBatches, eval_batches, load_splits
+
+ACCURACY = Metric("accuracy", higher_is_better=True, lower=0.0, upper=1.0)
+IMAGE_SHAPE = (3, 32, 32)
+
+
+class EvalSplit(str, Enum):
+    test = "test"
+    val = "val"
+
+
+@dataclass
+class ImageDataConfig:
+    name: str = "cifar10"
+    root: str = "data"
+    download: bool = False
+    verify: bool = True
+    train_subset: int = 0
+    test_subset: int = 0
+    val_size: int = 0
+    eval_split: EvalSplit = EvalSplit.test
+    augment: bool = True
+    # data=fake only: how many synthetic images to make.
+    fake_train_size: int = 2048
+    fake_test_size: int = 512
+
+
+class AccuracyMeter:
+    """Correct predictions counted on the device; read back once, at the end."""
+
+    def __init__(self):
+        self.correct = 0
+        self.total = 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.total += len(labels)
+
+    def value(self) -> float:
+        return int(self.correct) / max(1, self.total)
+
+
+@TASKS.register("cifar10", schema=ImageDataConfig)
+@TASKS.register("fake", schema=ImageDataConfig)
+class ImageClassification:
+    """uint8 images kept whole on the training device, augmented a batch at a time, in the
+    memory format asked for (channels_last: faster convolutions on CPU and GPU)."""
+
+    name = "image_classification"
+    metric = ACCURACY
+
+    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool):
+        self.cfg = data_cfg
+        self.num_classes = model_cfg.num_classes
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.normalize = Normalizer(device, channels_last)
+
+    # The images are read on first use: describe and the FLOPs count need none.
+    @functools.cached_property
+    def _splits(self):
+        splits = load_splits(self.cfg, self.num_classes)
+        return splits.train.to(self.device), splits.eval.to(self.device), splits.eval_name
+
+    @property
+    def train(self):
+        return self._splits[0]
+
+    @property
+    def eval(self):
+        return self._splits[1]
+
+    @property
+    def eval_name(self) -> str:
+        return self._splits[2]
+
+    def describe(self) -> str:
+        return f"{len(self.train)} {self.cfg.name} images"
+
+    def train_batches(self, batch_size: int, seed: int) -> TrainBatches:
+        return TrainBatches(self.train, batch_size, seed, self.cfg.augment, self.normalize)
+
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        return eval_batches(self.eval, batch_size, self.normalize)
+
+    def calib_batches(self, batch_size: int, count: int) -> Iterator[Batch]:
+        return eval_batches(self.train.first(count), batch_size, self.normalize)
+
+    def calib_size(self, count: int) -> int:
+        return min(count, len(self.train))
+
+    def eval_size(self) -> int:
+        return len(self.eval)
+
+    def eval_fingerprint(self) -> str:
+        return f"{len(self.eval)} images|{float(self.eval.labels.float().sum())}"
+
+    def example_input(self, batch_size: int) -> torch.Tensor:
+        return torch.randn(batch_size, *IMAGE_SHAPE, device=self.device).contiguous(memory_format=self.memory_format)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """KL(teacher || student) on temperature-softened distributions, scaled by T^2 so its
+        gradients keep the size of the hard loss's (Hinton et al.)."""
+        log_student = F.log_softmax(logits / temperature, dim=1)
+        log_teacher = F.log_softmax(teacher / temperature, dim=1)
+        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+
+    def meter(self) -> AccuracyMeter:
+        return AccuracyMeter()
