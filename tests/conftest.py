@@ -57,6 +57,50 @@ def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
     return code, out, err
 
 
+def copy_leading_slices(full: torch.nn.Module, small: torch.nn.Module) -> torch.nn.Module:
+    """Fill `small` (built at a sub-model's sizes) with the leading slices of `full`'s
+    same-named tensors: by hand, to check the models' own extract against."""
+    full_state = full.state_dict()
+    with torch.no_grad():
+        for name, tensor in small.state_dict().items():
+            source = full_state[name]
+            for dim, n in enumerate(tensor.shape):
+                source = source.narrow(dim, 0, n)
+            tensor.copy_(source)
+    return small
+
+
+@torch.no_grad()
+def randomize_norms(model: torch.nn.Module, mean: float = 0.0, std: float = 1.0) -> None:
+    """Norm statistics and affine parameters away from their defaults, so that a wrong slice
+    or a statistic shared by mistake shows in the outputs."""
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            buf.normal_()
+        elif name.endswith("running_var"):
+            buf.uniform_(0.5, 2.0)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.normal_(mean, std)
+
+
+@torch.no_grad()
+def prefix_tree_outputs(model, width: float, depths: list, calib_chunks: list, images: torch.Tensor) -> dict:
+    """One width's prefix-tree walk, each node's statistics calibrated on `calib_chunks`."""
+    from sortednet_cli.sorted.prefix_eval import _NodeStatistics, _PrefixTree, preserved_buffers
+
+    tree = _PrefixTree(model, width, depths, _NodeStatistics(True, model.recalibrated_norms()))
+    with preserved_buffers(model):
+        for m in model.recalibrated_norms():
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for chunk in calib_chunks:
+            tree.walk(chunk, keep_stats=True)
+        model.eval()
+        return tree.walk(images, keep_stats=False)
+
+
 @pytest.fixture
 def cifar10_root() -> Path:
     if not (SHARED_CIFAR10 / "cifar-10-batches-py" / "data_batch_1").is_file():

@@ -18,14 +18,14 @@ from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.errors import UserError
 from sortednet_cli.models.preresnet import cpreresnet
 from sortednet_cli.reports.grid_report import grid_columns
-from sortednet_cli.sorted.prefix_eval import _NodeStatistics, _PrefixTree, preserved_buffers, recalibrate
+from sortednet_cli.sorted.prefix_eval import preserved_buffers, recalibrate
 from sortednet_cli.sorted.pool import build_pool
 from sortednet_cli.sorted.selection import pareto_front, select
 from sortednet_cli.sorted.submodel import SubModel
 from sortednet_cli.tasks import build_task
 from sortednet_cli.tasks.image.task import ACCURACY
 
-from conftest import TINY, compose_config, run_cli
+from conftest import TINY, compose_config, prefix_tree_outputs, run_cli
 
 FAST_EVAL = ["eval.latency=false", "eval.calib_images=128", "data.test_subset=128"]
 
@@ -59,19 +59,8 @@ def test_prefix_tree_logits_equal_each_sub_model_run_alone():
     depths = [(1, 1, 1), (1, 2, 1), (2, 1, 2), (2, 2, 2), (1, 2, 2)]
     calib = torch.randn(64, 3, 32, 32) * 1.3 + 0.2
     images = torch.randn(16, 3, 32, 32)
+    shared = prefix_tree_outputs(model, 0.45, depths, list(calib.split(32)), images)
     with torch.no_grad():
-        stats = _NodeStatistics(True, model.recalibrated_norms())
-        tree = _PrefixTree(model, 0.45, depths, stats)
-        with preserved_buffers(model):
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.reset_running_stats()
-                    m.momentum = None
-            model.train()
-            for chunk in calib.split(32):
-                tree.walk(chunk, keep_stats=True)
-            model.eval()
-            shared = tree.walk(images, keep_stats=False)
         for depth in depths:
             sub = SubModel(0.45, depth)
             with preserved_buffers(model):
@@ -237,6 +226,7 @@ def test_export_selected_writes_one_file_per_selected_sub_model(trained, tmp_pat
         (["eval-grid", "CKPT", "pool.widths=[1.0]"], "choose one first"),
         (["eval-grid", "CKPT", "eval.baseline=1.7"], "eval.baseline=1.7 must be an accuracy"),
         (["eval-grid", "CKPT", "select.min_relative=1.5"], "select.min_relative must be in (0, 1]"),
+        (["eval-grid", "CKPT", "data.bogus=1"], "Key 'bogus' not in 'ImageDataConfig'"),
         (["export", "CKPT", "sub.width=1.5"], "outside (0, 1]"),
         (["export", "CKPT", "sub.depth=[1,3,1]"], "asks for 3 blocks in stage 2"),
         (["export", "CKPT", "sub=selected", "sub.file=/nonexistent.json"], "no selection at /nonexistent.json"),
@@ -252,6 +242,13 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "run" / "grid.csv").exists()
+
+
+@pytest.mark.parametrize("override", ["data.bogus=1", "data.test_subset=many"])
+def test_data_keys_without_a_data_option_are_checked_against_the_checkpoints_data(trained, tmp_path, capsys, override):
+    code, _, err = run_cli(["eval-grid", f"checkpoint={trained}", override, *FAST_EVAL[:2], f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{override.split('=')[0]}: not a key of this checkpoint's data (fake) or a bad value" in err
 
 
 def test_a_crafted_export_file_is_refused(tmp_path):

@@ -27,10 +27,12 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run([sys.executable, "-c", "import sortednet_cli; print(sortednet_cli.__file__)"], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert probe.stdout.startswith(str(target)), probe.stdout + probe.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "sortednet_cli", "describe", "pool=lcs7"], cwd=elsewhere, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert "total: 7 sub-models" in result.stdout
-    (run_dir,) = (elsewhere / "outputs" / "describe").iterdir()
-    assert len((run_dir / "pool.csv").read_text().splitlines()) == 8
+    # one command of each model family: every subpackage (models, tasks, ...) shipped
+    for family, pool, rows in (("cpreresnet20", "lcs7", 7), ("mobilenetv2", "mbv2_tiny", 4)):
+        result = subprocess.run(
+            [sys.executable, "-m", "sortednet_cli", "describe", f"model={family}", f"pool={pool}", f"hydra.run.dir=outputs/{family}"],
+            cwd=elsewhere, env=env, capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"total: {rows} sub-models" in result.stdout
+        assert len((elsewhere / "outputs" / family / "pool.csv").read_text().splitlines()) == rows + 1

@@ -6,12 +6,12 @@ from sortednet_cli.config import PoolConfig
 from sortednet_cli.models import build_from_arch
 from sortednet_cli.models.mobilenetv2 import MobileNetV2
 from sortednet_cli.models.cost import mflops_per_example, parameter_count
-from sortednet_cli.sorted.prefix_eval import _NodeStatistics, _PrefixTree, evaluate_naive, evaluate_shared, preserved_buffers, recalibrate
+from sortednet_cli.sorted.prefix_eval import evaluate_naive, evaluate_shared, preserved_buffers, recalibrate
 from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.sorted.submodel import SubModel
 from sortednet_cli.tasks.image.task import AccuracyMeter
 
-from conftest import REPO
+from conftest import REPO, copy_leading_slices, prefix_tree_outputs, randomize_norms
 
 FULL_DEPTH = (1, 2, 3, 4, 3, 3, 1)
 IMAGE = torch.zeros(1, 3, 32, 32)
@@ -29,26 +29,7 @@ def small_copy(full: MobileNetV2, sub: SubModel) -> MobileNetV2:
     """A plain MobileNetV2 built from sub_arch, weights copied from the leading slices of the
     full network's tensors (by hand here, not by extract)."""
     small = MobileNetV2(**{k: v for k, v in full.sub_arch(sub).items() if k != "name"})
-    full_state = full.state_dict()
-    with torch.no_grad():
-        for name, tensor in small.state_dict().items():
-            source = full_state[name]
-            for dim, n in enumerate(tensor.shape):
-                source = source.narrow(dim, 0, n)
-            tensor.copy_(source)
-    return small
-
-
-def randomize_norms(model, mean=0.0, std=1.0):
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.normal_()
-            elif name.endswith("running_var"):
-                buf.uniform_(0.5, 2.0)
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(mean, std)
+    return copy_leading_slices(full, small)
 
 
 def test_full_network_size():
@@ -125,17 +106,7 @@ def test_shared_evaluation_equals_naive_with_recalibration():
     with torch.no_grad():
         for width in pool.widths:
             depths = [sub.depth for sub in pool if sub.width == width]
-            tree = _PrefixTree(model, width, depths, _NodeStatistics(True, model.recalibrated_norms()))
-            with preserved_buffers(model):
-                for m in model.modules():
-                    if isinstance(m, torch.nn.BatchNorm2d):
-                        m.reset_running_stats()
-                        m.momentum = None
-                model.train()
-                for chunk, _ in calib:
-                    tree.walk(chunk, keep_stats=True)
-                model.eval()
-                walked = tree.walk(images, keep_stats=False)
+            walked = prefix_tree_outputs(model, width, depths, [chunk for chunk, _ in calib], images)
             for depth in depths:
                 with preserved_buffers(model):
                     recalibrate(model, SubModel(width, depth), lambda: calib)
@@ -146,7 +117,7 @@ def test_shared_evaluation_equals_naive_with_recalibration():
 def test_pools_build_against_the_depth_limits():
     pool = load_pool("mbv2", FULL_DEPTH)
     assert len(pool) == 80 and len(pool.widths) == 20
-    assert pool.depths == [ONE_BLOCK, (1, 2, 2, 2, 2, 2, 1), (1, 2, 3, 3, 3, 3, 1), FULL_DEPTH]
+    assert [sub.depth for sub in pool if sub.width == 1.0] == [ONE_BLOCK, (1, 2, 2, 2, 2, 2, 1), (1, 2, 3, 3, 3, 3, 1), FULL_DEPTH]
     assert pool.smallest == NARROWEST and pool.largest == SubModel(1.0, FULL_DEPTH)
 
 

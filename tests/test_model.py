@@ -8,6 +8,8 @@ from sortednet_cli.models.preresnet import PreResNet, cpreresnet
 from sortednet_cli.models.cost import mflops_per_example, parameter_count
 from sortednet_cli.sorted.submodel import SubModel, scaled
 
+from conftest import copy_leading_slices, randomize_norms
+
 
 def small_copy(full: PreResNet, sub: SubModel) -> PreResNet:
     """Built by hand here (not by extract): a plain PreResNet at sub's sizes, weights copied
@@ -21,26 +23,7 @@ def small_copy(full: PreResNet, sub: SubModel) -> PreResNet:
         norm=full.arch["norm"],
         gn_groups=full.arch["gn_groups"],
     )
-    full_state = full.state_dict()
-    with torch.no_grad():
-        for name, tensor in small.state_dict().items():
-            source = full_state[name]
-            for dim, n in enumerate(tensor.shape):
-                source = source.narrow(dim, 0, n)
-            tensor.copy_(source)
-    return small
-
-
-def randomize_norm_stats(model):
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.normal_()
-            elif name.endswith("running_var"):
-                buf.uniform_(0.5, 2.0)
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_()
+    return copy_leading_slices(full, small)
 
 
 @pytest.mark.parametrize("norm", ["bn", "in", "gn"])
@@ -48,7 +31,7 @@ def randomize_norm_stats(model):
 def test_sub_model_equals_separately_built_small_network(norm, sub):
     torch.manual_seed(0)
     full = cpreresnet(2, norm, 10, 8)
-    randomize_norm_stats(full)
+    randomize_norms(full)
     full.eval()
     small = small_copy(full, sub).eval()
     x = torch.randn(3, 3, 32, 32)

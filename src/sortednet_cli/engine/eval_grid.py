@@ -21,7 +21,7 @@ from ..reports.selection_report import print_selection, write_selection
 from ..sorted.pool import Pool
 from ..sorted.selection import check_bar, select
 from ..sorted.submodel import SubModel, format_depth, full_submodel
-from ..tasks import TASKS, Metric, Task, build_task
+from ..tasks import Metric, Task, build_task
 from .checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
 from .evaluate import EvalData, evaluate_pool
 from .latency import latency_ms_per_example
@@ -205,7 +205,3 @@ def select_and_report(rows: list[dict], metric: Metric, baseline: float, select_
     console.print(f"selection: {run_dir / 'selected.json'}, {run_dir / 'selection.png'}", highlight=False)
     return result
 
-
-def metric_of(data_cfg) -> Metric:
-    """The metric of the task that reads `data_cfg` (without loading its data)."""
-    return TASKS.get(data_cfg.name).metric

@@ -26,10 +26,6 @@ class Pool:
         return sorted({s.width for s in self.members})
 
     @property
-    def depths(self) -> list[tuple[int, ...]]:
-        return sorted({s.depth for s in self.members}, key=depth_order_key)
-
-    @property
     def largest(self) -> SubModel:
         return self.members[-1]
 

@@ -1,0 +1,67 @@
+"""Every registered model family keeps the model protocol, and every task the task protocol:
+not only the method names, but the equivalences the engine relies on."""
+
+import pytest
+import torch
+
+from sortednet_cli.models import MODELS, SortedModel, build_model
+from sortednet_cli.sorted.pool import pool_from_config
+from sortednet_cli.sorted.submodel import SubModel, full_submodel
+from sortednet_cli.tasks import TASKS, Task, build_task
+
+from conftest import compose_config
+
+FAMILIES = MODELS.names()
+
+
+def family(name):
+    cfg = compose_config("train", [f"model={name}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    with torch.no_grad():  # norm statistics away from their defaults, so slicing errors show
+        for buffer_name, buf in model.named_buffers():
+            if buffer_name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+            elif buffer_name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=False)
+    return cfg, model, task
+
+
+def walk(model, x, sub):
+    """The prefix protocol's pieces, in order: what shared evaluation composes."""
+    h = model.run_stem(x, sub.width)
+    for stage, blocks in enumerate(sub.depth):
+        for index in range(blocks):
+            h = model.run_block(stage, index, h, sub.width)
+    return model.run_head(h, sub.width)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_model_family_keeps_the_protocol(name):
+    cfg, model, task = family(name)
+    assert isinstance(model, SortedModel)
+    x = task.example_input(3)
+    full = full_submodel(model.depth_limits)
+    narrowest = SubModel(0.05, (1,) * len(model.depth_limits))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x, full))
+        for sub in (full, narrowest, SubModel(0.5, model.depth_limits)):
+            out = model(x, sub)
+            torch.testing.assert_close(walk(model, x, sub), out)
+            torch.testing.assert_close(model.extract(sub).eval()(x), out, rtol=1e-5, atol=1e-5)
+    for sub in (narrowest, full):
+        assert all(isinstance(model.block_module(s, i), torch.nn.Module) for s, n in enumerate(sub.depth) for i in range(n))
+    assert isinstance(model.head_module(), torch.nn.Module)
+    assert model.unit_summary(0.05) != model.unit_summary(1.0)
+    pool = pool_from_config(cfg.pool, model.depth_limits)  # the family's default pool fits it
+    assert len(pool) > 1
+
+
+@pytest.mark.parametrize("data_name", TASKS.names())
+def test_every_task_keeps_the_protocol(data_name, request):
+    overrides = [f"data={data_name}"]
+    if data_name == "cifar10":  # the protocol's attributes read the data
+        overrides += [f"data.root={request.getfixturevalue('cifar10_root')}", "data.verify=false"]
+    cfg = compose_config("train", overrides)
+    assert isinstance(build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True), Task)
