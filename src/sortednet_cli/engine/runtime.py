@@ -16,10 +16,11 @@ def select_device(name: str) -> torch.device:
 
 
 def configure_backend(device: torch.device, threads: int) -> None:
+    """CPU threads, and the cuDNN setting sorted training wants."""
     if threads < 0:
         raise UserError(f"trainer.threads must be >= 0 (0 = torch's default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
-    if device.type == "cuda":
-        # Sub-model shapes repeat across steps, so autotuned kernels pay off.
-        torch.backends.cudnn.benchmark = True
+    # No cudnn.benchmark: it autotunes every new input shape, and every sub-model is new shapes.
+    # Measured on an H200 (3 epochs of pool=160, 50,000 images): 76 s with it, 22 s without.
+    torch.backends.cudnn.benchmark = False
