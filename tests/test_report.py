@@ -66,6 +66,7 @@ def sweep_jobs(args: list[str]) -> list:
         (["+sweep=variants", "experiment=quick"], [(p, "uniform", 1, 10) for p in ("160", "width_only", "depth_only", "full")]),
         (["+sweep=samplers"], [("160", s, 1, 200) for s in ("uniform", "sandwich", "weighted")]),
         (["+sweep=samplers", "pool=160,tiny"], [(p, s, 1, 200) for s in ("uniform", "sandwich", "weighted") for p in ("160", "tiny")]),
+        (["+sweep=fidelity"], [("full", "full", 1, 200), ("160", "uniform", 1, 200), ("160", "sandwich", 3, 200), ("160", "sandwich", 3, 200), ("160", "uniform", 3, 200)]),
     ],
 )
 def test_sweep_configs_compose_to_the_expected_jobs(args, expected):

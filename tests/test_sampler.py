@@ -68,3 +68,21 @@ def test_sandwich_trains_largest_smallest_then_random():
 
 def test_full_always_trains_the_largest():
     assert set(frequencies(sampler("full"), steps=100)) == set(POOL) and sampler("full").draw(7, 0, 1) == POOL.largest
+
+
+def test_width_major_draws_widths_by_weight_then_depths_alike():
+    freq = frequencies(sampler("width_major", alpha=1.0))
+    by_width = {w: sum(f for sub, f in freq.items() if sub.width == w) for w in (0.25, 0.5, 1.0)}
+    for w, share in by_width.items():  # P(width) = width / (0.25 + 0.5 + 1.0)
+        assert abs(share - w / 1.75) < 0.02
+    wide = [f for sub, f in freq.items() if sub.width == 1.0]
+    assert abs(wide[0] - wide[1]) < 0.02
+    explicit = frequencies(sampler("width_major", weights=[0, 0, 1]))
+    assert sum(f for sub, f in explicit.items() if sub.width == 1.0) == 1.0
+    with pytest.raises(UserError, match="has 2 entries but the pool has 3 widths"):
+        sampler("width_major", weights=[1, 1])
+
+
+def test_unknown_sampler_names_the_known_ones():
+    with pytest.raises(UserError, match=r"sampler.name='bogus' is not known \(known: full, sandwich, uniform, weighted, width_major\)"):
+        sampler("bogus")

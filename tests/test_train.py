@@ -251,3 +251,18 @@ def test_a_stalled_step_is_reported_with_its_sub_model(tmp_run, monkeypatch, cap
     assert warnings[0].startswith("step 12 has run for") and "it trains w=" in warnings[0]
     assert f"sortednet train resume={tmp_run / 'run'}" in warnings[0] and "kill the process" in warnings[0]
     assert "step 12 finished after" in console.file.getvalue()
+
+
+def test_inplace_distillation_trains_and_refuses_what_cannot_work(tmp_run):
+    result = run(tmp_run, "trainer.epochs=1", "sampler=sandwich", "trainer.grad_accum=2", "trainer.accum_same_batch=true",
+                 "trainer.distill=inplace", "trainer.distill_temperature=2", "trainer.distill_alpha=0.5")
+    assert result.summary["final_loss"] > 0
+    with open(tmp_run / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all((r["width"], r["depth"]) == ("1.0", "2-2-2") for r in rows if r["draw"] == "0")  # the teacher first
+    for overrides, message in [
+        (["sampler=sandwich", "trainer.grad_accum=2"], "needs trainer.accum_same_batch=true"),
+        (["sampler=uniform", "trainer.grad_accum=2", "trainer.accum_same_batch=true"], "needs the largest sub-model \\(w=1 d=2-2-2\\) in every step"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            run(tmp_run, "trainer.distill=inplace", *overrides, name="refused")

@@ -20,6 +20,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Distill(str, Enum):
+    none = "none"
+    inplace = "inplace"
+
+
 class BnMode(str, Enum):
     recalibrate = "recalibrate"
     running = "running"
@@ -76,6 +81,10 @@ class TrainerConfig:
     clip_grad_norm: Optional[float] = None
     # Stop after this many optimizer steps (the schedule is laid out over them); null: epochs decide.
     max_steps: Optional[int] = None
+    # inplace: the largest sub-model of each step teaches the step's other draws (same batch).
+    distill: Distill = Distill.none
+    distill_temperature: float = 1.0
+    distill_alpha: float = 0.0  # the weight of the labels in the other draws' loss
     # Run eval-grid and select at the end, into the same run directory.
     eval_grid: bool = True
 

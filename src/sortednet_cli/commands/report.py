@@ -6,11 +6,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ..cli import hydra_command
-from ..engine.jobs import find_baseline, job_labels, load_job, read_metrics, report_metric, summary_rows, sweep_command, sweep_job_dirs
+from ..engine.jobs import find_baseline, job_labels, load_job, read_metrics, report_metric, split_noise, summary_rows, sweep_command, sweep_job_dirs
 from ..engine.runs import newest_sweep
 from ..errors import UserError
 from ..reports.console import make_console
-from ..reports.report_figures import plot_grids, plot_loss_curves
+from ..reports.report_figures import plot_grids, plot_loss_curves, plot_plateau
 from ..reports.report_table import headline, report_table, write_markdown, write_summary_csv
 
 
@@ -37,13 +37,16 @@ def main(cfg: DictConfig) -> None:
     metric = report_metric(jobs)
     baseline, baseline_note = find_baseline(jobs)
     rows = summary_rows(jobs, labels, baseline, metric)
-    summary_text = headline(rows, baseline, baseline_note, labels, metric)
+    noise = split_noise(baseline, metric)
+    summary_text = headline(rows, baseline, baseline_note, labels, metric, noise)
     images = []
     metrics = {job.run_dir: read_metrics(job.run_dir) for job in jobs}
     if plot_loss_curves(jobs, metrics, labels, out_dir / "loss_curves.png", cfg.width_buckets, cfg.smooth):
         images.append("loss_curves.png")
     if plot_grids(jobs, labels, baseline, out_dir / "grids.png", metric):
         images.append("grids.png")
+    if plot_plateau(jobs, labels, baseline, out_dir / "plateau.png", metric, noise):
+        images.append("plateau.png")
     write_summary_csv(rows, out_dir / "summary.csv", metric)
     write_markdown(rows, out_dir / "report.md", title, command, summary_text, images, metric)
 
@@ -52,7 +55,7 @@ def main(cfg: DictConfig) -> None:
     for row in rows:
         if row["status"] != "complete":
             console.print(f"job {row['job']} ({row['label']}) {row['status']}: {row['note']}", highlight=False)
-    missing = {"loss_curves.png": "no job has logged a draw yet", "grids.png": "no job has a grid yet"}
+    missing = {"loss_curves.png": "no job has logged a draw yet", "grids.png": "no job has a grid yet", "plateau.png": "no job has a grid yet"}
     for image, why in missing.items():
         if image not in images:
             console.print(f"no {image}: {why}", highlight=False)

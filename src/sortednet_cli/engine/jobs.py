@@ -8,7 +8,9 @@ jobs, is reported as far as it got.
 from __future__ import annotations
 
 import csv
+import math
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -55,15 +57,19 @@ class Job:
         if not self.grid:
             return None
         full = (self.grid_meta or {}).get("full")
-        if full:
-            width, depth = float(full["width"]), full["depth"]
-        else:
-            width = max(row["width"] for row in self.grid)
-            depth = max((row["depth"] for row in self.grid), key=lambda d: depth_order_key(parse_depth(d)))
+        width = float(full["width"]) if full else max(row["width"] for row in self.grid)
         for row in self.grid:
-            if row["width"] == width and row["depth"] == depth:
+            if row["width"] == width and row["depth"] == self.full_depth:
                 return row[self.metric.name]
         return None
+
+    @property
+    def full_depth(self) -> Optional[str]:
+        """The full model's depth: grid.json's "full", else the grid's deepest setting."""
+        if not self.grid:
+            return None
+        full = (self.grid_meta or {}).get("full")
+        return full["depth"] if full else max((row["depth"] for row in self.grid), key=lambda d: depth_order_key(parse_depth(d)))
 
 
 # --- finding and reading jobs -------------------------------------------------------------------
@@ -198,7 +204,9 @@ def find_baseline(jobs: list[Job]) -> tuple[Optional[Job], str]:
 def summary_rows(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job], metric: Metric) -> list[dict]:
     """One row per job. full_/mean_/min_<metric>: the job's full model, the mean of its grid and
     the worst sub-model of its grid (the highest value when lower is better: min_ always means the
-    worst). *_relative: each as metric.relative to the baseline's full model (above 1 is better)."""
+    worst). *_relative: each as metric.relative to the baseline's full model (above 1 is better);
+    median_relative: the median sub-model's; at_96_percent: the share of the grid at or above 96%
+    of the baseline (the paper's bar)."""
     base = baseline.full_value if baseline else None
     rows = []
     for job in jobs:
@@ -207,6 +215,7 @@ def summary_rows(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Jo
         full = job.full_value
         mean = sum(values) / len(values) if values else None
         worst = metric.worst(values) if values else None
+        relatives = [r for r in (metric.relative(v, base) for v in values) if r is not None]
         rows.append({
             "job": job.name,
             "status": job.status,
@@ -221,6 +230,8 @@ def summary_rows(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Jo
             "full_relative": metric.relative(full, base),
             "mean_relative": metric.relative(mean, base),
             "min_relative": metric.relative(worst, base),
+            "median_relative": metric.relative(statistics.median(values), base) if values else None,
+            "at_96_percent": sum(relative >= 0.96 for relative in relatives) / len(relatives) if relatives else None,
             "selected": len(job.selected["selected"]) if job.selected else None,
             "grid_size": len(values) or None,
             "steps": summary.get("steps"),
@@ -231,3 +242,13 @@ def summary_rows(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Jo
             "dir": str(job.run_dir),
         })
     return rows
+
+
+def split_noise(baseline: Optional[Job], metric: Metric) -> Optional[float]:
+    """The standard error of one fraction-valued metric measured on the baseline's evaluation
+    set (binomial: sqrt(p (1 - p) / n)); None when it does not apply."""
+    if baseline is None or not metric.is_fraction or baseline.full_value is None:
+        return None
+    n = (baseline.grid_meta or {}).get("eval_images")
+    p = baseline.full_value
+    return math.sqrt(p * (1 - p) / n) if n and 0 <= p <= 1 else None

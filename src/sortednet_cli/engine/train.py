@@ -34,7 +34,8 @@ from ..reports.tables import metric_table
 from ..sorted.pool import Pool, pool_from_config
 from ..sorted.sampler import Sampler, build_sampler
 from ..sorted.submodel import SubModel, format_depth
-from ..sorted.update import sorted_update
+from ..sorted.distill import InplaceDistillation
+from ..sorted.update import DrawLoss, plain_loss, sorted_update
 from ..tasks import Task, build_task
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, checkpoint_config, load_checkpoint, resolve_checkpoint, save_atomic
 from .distributed import Distributed, any_rank, average_gradients, average_tensor, finish as finish_ranks, from_environment, init_process_group, rank_device
@@ -181,6 +182,23 @@ def validate_trainer(cfg) -> None:
             raise UserError(f"trainer.{key} must be >= 0, 0 turns the stall warning off (got {getattr(cfg, key)})")
     if cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0:
         raise UserError(f"trainer.clip_grad_norm must be > 0 or null (got {cfg.clip_grad_norm})")
+    if cfg.distill.value == "inplace":
+        if not cfg.accum_same_batch:
+            raise UserError("trainer.distill=inplace needs trainer.accum_same_batch=true: the largest sub-model teaches on the batch the step's draws share")
+        if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:
+            raise UserError(f"trainer.distill_temperature must be > 0 and trainer.distill_alpha in [0, 1] (got {cfg.distill_temperature}, {cfg.distill_alpha})")
+
+
+def check_distillation_teacher(run: "Run", steps: int = 64) -> None:
+    """In-place distillation needs the largest sub-model in every step; the sampler is a pure
+    function of the step, so its first steps show whether it draws one."""
+    for step in range(min(steps, run.total_steps)):
+        if run.pool.largest not in plan_step(run, step).subs:
+            raise UserError(
+                f"trainer.distill=inplace needs the largest sub-model ({run.pool.largest.label}) in every step, but "
+                f"sampler={run.sampler.name} with trainer.grad_accum={run.cfg.trainer.grad_accum} drew step {step + 1} without it; "
+                "use sampler=sandwich with trainer.grad_accum >= 2"
+            )
 
 
 def quick_eval_members(pool: Pool) -> list:
@@ -256,9 +274,12 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
         + f"; run dir {run_dir}",
         highlight=False,
     )
-    return Run(cfg, run_dir, ranks, device, console, task, model, pool, sampler, batches, optimizer, scheduler,
-               logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, images_before,
-               resumed=checkpoint is not None)
+    run = Run(cfg, run_dir, ranks, device, console, task, model, pool, sampler, batches, optimizer, scheduler,
+              logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, images_before,
+              resumed=checkpoint is not None)
+    if trainer.distill.value == "inplace":
+        check_distillation_teacher(run)
+    return run
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -325,7 +346,18 @@ def plan_step(run: Run, step: int) -> StepPlan:
     epoch, step_in_epoch = divmod(step, run.steps_per_epoch)
     first_batch = step_in_epoch if trainer.accum_same_batch else step_in_epoch * g
     num_draws = g if trainer.accum_same_batch else min(g, len(run.batches) - first_batch)
-    return StepPlan(step, epoch, first_batch, [run.sampler.draw(step, d, g) for d in range(num_draws)])
+    subs = [run.sampler.draw(step, d, g) for d in range(num_draws)]
+    if trainer.distill.value == "inplace":  # the teacher first
+        subs.sort(key=lambda sub: sub != run.pool.largest)
+    return StepPlan(step, epoch, first_batch, subs)
+
+
+def draw_loss(run: Run) -> DrawLoss:
+    """The loss of each draw of a step: the task's, or in-place distillation's."""
+    trainer = run.cfg.trainer
+    if trainer.distill.value == "inplace":
+        return InplaceDistillation(run.pool.largest, run.task.loss, run.task.soft_loss, trainer.distill_temperature, trainer.distill_alpha)
+    return plain_loss(run.task.loss)
 
 
 def train_step(run: Run, plan: StepPlan) -> list[PendingDraw]:
@@ -340,7 +372,7 @@ def train_step(run: Run, plan: StepPlan) -> list[PendingDraw]:
             yield (sub, *(shared_batch or run.batches.get(epoch, first_batch + d, shard)))
 
     lr = run.scheduler.get_last_lr()[0]
-    losses = sorted_update(run.model, run.optimizer, draws(), len(subs), run.task.loss, run.autocast,
+    losses = sorted_update(run.model, run.optimizer, draws(), len(subs), draw_loss(run), run.autocast,
                            before_step=lambda: average_gradients(run.model, run.ranks),
                            clip_grad_norm=trainer.clip_grad_norm)
     run.scheduler.step()

@@ -1,5 +1,5 @@
-"""`sortednet report`'s figures: training-loss curves by width (paper Fig. 5) and the jobs' grids
-on one colour scale (paper Fig. 2a)."""
+"""`sortednet report`'s figures: training-loss curves by width (paper Fig. 5), the jobs' grids
+on one colour scale (paper Fig. 2a), and the metric against width at full depth (the plateau)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from .grid_report import draw_heatmap, grid_matrix
 from .report_table import metric_text, shows_percent
 
 if TYPE_CHECKING:
-    from ..engine.jobs import Job, Metric
+    from ..engine.jobs import Job
+    from ..tasks.base import Metric
 
 
 def _pyplot():
@@ -176,5 +177,37 @@ def plot_grids(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job]
     note = f"cells: {shown} and % of the baseline" if base is not None else f"cells: {shown} and % of each job's own full model"
     fig.suptitle(f"grids on one colour scale ({note})", fontsize=11)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_plateau(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job], path: Path, metric: Metric, noise: Optional[float]) -> bool:
+    """The metric of each job's sub-models at full depth against width, one line per job: a top
+    that stops rising before width 1 is the plateau. The baseline's full model is a dashed line,
+    with a band of +-2 standard errors of the split where that applies. False without grids."""
+    with_grid = [job for job in jobs if job.grid and job.full_depth]
+    if not with_grid:
+        return False
+    plt = _pyplot()
+    scale = 100 if shows_percent(metric) else 1
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for job in with_grid:
+        points = sorted((row["width"], row[metric.name]) for row in job.grid if row["depth"] == job.full_depth)
+        if len(points) > 1:
+            ax.plot([w for w, _ in points], [scale * v for _, v in points], "-o", ms=3, label=labels[job.run_dir])
+        elif points:
+            ax.plot([points[0][0]], [scale * points[0][1]], "s", ms=6, label=labels[job.run_dir])
+    if baseline is not None and baseline.full_value is not None:
+        base = scale * baseline.full_value
+        ax.axhline(base, color="black", ls="--", lw=1, label=f"baseline {metric_text(baseline.full_value, metric)}")
+        if noise is not None:
+            ax.axhspan(base - 2 * scale * noise, base + 2 * scale * noise, color="grey", alpha=0.15, label="+-2 standard errors")
+    ax.set_xlabel("width")
+    ax.set_ylabel(f"{metric.name} (%)" if shows_percent(metric) else metric.name)
+    ax.set_title(f"{metric.name} at full depth against width", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
     plt.close(fig)
     return True

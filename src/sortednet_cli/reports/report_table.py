@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Callable, Optional
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from ..engine.jobs import Job, Metric
+    from ..engine.jobs import Job
+    from ..tasks.base import Metric
 
 
 def summary_columns(metric: Metric) -> list[str]:
     return [
         "job", "status", "label", "overrides", "pool", "pool_size", "final_loss",
         metric.column("full"), metric.column("mean"), metric.column("min"), "full_relative", "mean_relative", "min_relative",
-        "selected", "grid_size", "steps", "total_steps", "wall_seconds", "images_per_second", "note", "dir",
+        "median_relative", "at_96_percent", "selected", "grid_size", "steps", "total_steps", "wall_seconds", "images_per_second", "note", "dir",
     ]
 
 
@@ -67,6 +68,8 @@ def display_columns(metric: Metric) -> list[tuple[str, Callable[[dict], str]]]:
         ("full/base", lambda r: _percent(r["full_relative"], 1)),
         ("mean/base", lambda r: _percent(r["mean_relative"], 1)),
         ("min/base", lambda r: _percent(r["min_relative"], 1)),
+        ("median/base", lambda r: _percent(r["median_relative"], 1)),
+        (">=96%", lambda r: _percent(r["at_96_percent"], 0)),
         ("selected", lambda r: "" if r["selected"] is None else f"{r['selected']}/{r['grid_size']}"),
         ("steps", lambda r: "" if r["steps"] is None else f"{r['steps']}/{r['total_steps']}"),
         ("wall", lambda r: _duration(r["wall_seconds"])),
@@ -84,13 +87,17 @@ def report_table(rows: list[dict], title: str, metric: Metric) -> Table:
     return table
 
 
-def headline(rows: list[dict], baseline: Optional[Job], baseline_note: str, labels: dict[Path, str], metric: Metric) -> str:
+def headline(rows: list[dict], baseline: Optional[Job], baseline_note: str, labels: dict[Path, str], metric: Metric, noise: Optional[float] = None) -> str:
     counts = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     text = f"{len(rows)} jobs (" + ", ".join(f"{n} {status}" for status, n in counts.items()) + "). "
     if baseline:
         text += f"Baseline: job {baseline.name} ({labels[baseline.run_dir]}), full model {metric_text(baseline.full_value, metric)}{baseline_note}."
+        if noise is not None:
+            images = (baseline.grid_meta or {}).get("eval_images")
+            text += (f" Noise: one {metric.name} on these {images} evaluation examples is uncertain by about "
+                     f"+-{100 * noise:.1f} points (one standard error), so a difference under about {200 * noise:.1f} points can be chance.")
     else:
         text += "No pool=full job with a grid: no baseline, relative columns empty."
     return text
@@ -128,14 +135,16 @@ def write_markdown(rows: list[dict], path: Path, title: str, command: Optional[s
     lines += [
         "",
         _column_legend(metric)
-        + "`selected`: sub-models at or above the job's own bar (its selected.json) out of its grid. "
+        + "`median/base`: the median sub-model's, likewise. `>=96%`: the share of the grid at or above 96% of the baseline. "
+        "`selected`: sub-models at or above the job's own bar (its selected.json) out of its grid. "
         "`final loss`: the mean training loss of the last logged draws.",
     ]
     unfinished = [row for row in rows if row["status"] != "complete"]
     if unfinished:
         lines += ["", "## Jobs not complete", ""]
         lines += [f"- job {row['job']} ({row['label']}): **{row['status']}**: {row['note']} (`{row['dir']}`)" for row in unfinished]
-    captions = {"loss_curves.png": "Training loss by width (moving average)", "grids.png": grids_caption(metric)}
+    captions = {"loss_curves.png": "Training loss by width (moving average)", "grids.png": grids_caption(metric),
+                "plateau.png": f"{metric.name} against width at full depth, one line per job (a flat top is the plateau)"}
     for image in images:
         lines += ["", f"## {captions[image]}", "", f"![{captions[image]}]({image})"]
     path.write_text("\n".join(lines) + "\n")

@@ -100,6 +100,27 @@ def weighted(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> S
     raise UserError("sampler=weighted needs sampler.weights=[...] or sampler.alpha=<number>")
 
 
+@SAMPLERS.register("width_major")
+def width_major(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> Sampler:
+    """Width first, then depth: P(width) from `sampler.weights` (one per width, ascending) or
+    proportional to width^alpha (alpha 0: every width alike), and the depth settings of a width
+    equally likely. With alpha > 0 the wide channels, which only wide draws train, get more draws
+    than under the uniform draw over sub-models."""
+    widths = pool.widths
+    if cfg.weights is not None:
+        width_weights = list(cfg.weights)
+        if len(width_weights) != len(widths):
+            raise UserError(f"sampler=width_major: sampler.weights has {len(width_weights)} entries but the pool has {len(widths)} widths")
+    else:
+        alpha = 1.0 if cfg.alpha is None else cfg.alpha
+        width_weights = [w**alpha for w in widths]
+    if any(w < 0 for w in width_weights) or sum(width_weights) <= 0:
+        raise UserError("sampler.weights must be non-negative with a positive sum")
+    per_width = {w: sum(1 for s in pool if s.width == w) for w in widths}
+    by_width = dict(zip(widths, width_weights))
+    return Sampler(pool, seed, [by_width[s.width] / per_width[s.width] for s in pool], name="width_major")
+
+
 def build_sampler(cfg, pool: Pool, seed: int, cost: Callable[[SubModel], float]) -> Sampler:
     """The sampler a `sampler` config names; `cost(sub)` is asked only by samplers that need it."""
     return SAMPLERS.get(cfg.name)(cfg, pool, seed, cost)

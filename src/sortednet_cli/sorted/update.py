@@ -11,6 +11,12 @@ from torch import nn
 from .submodel import SubModel
 
 Draw = tuple[SubModel, Any, Any]  # (sub-model, inputs, targets)
+DrawLoss = Callable[[SubModel, torch.Tensor, Any], torch.Tensor]  # (sub-model, outputs, targets) -> loss
+
+
+def plain_loss(loss: Callable[[torch.Tensor, Any], torch.Tensor]) -> DrawLoss:
+    """Every draw on the task's own loss against its targets."""
+    return lambda sub, outputs, targets: loss(outputs, targets)
 
 
 def sorted_update(
@@ -18,7 +24,7 @@ def sorted_update(
     optimizer: torch.optim.Optimizer,
     draws: Iterable[Draw],
     num_draws: int,
-    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+    loss_fn: DrawLoss,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     before_step: Callable[[], None] = lambda: None,
     clip_grad_norm: Optional[float] = None,
@@ -33,7 +39,7 @@ def sorted_update(
     losses = []
     for sub, inputs, targets in draws:
         with autocast():
-            loss = loss_fn(model(inputs, sub), targets)
+            loss = loss_fn(sub, model(inputs, sub), targets)
         (loss / num_draws).backward()
         losses.append(loss.detach())
     before_step()

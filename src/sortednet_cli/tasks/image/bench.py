@@ -25,7 +25,7 @@ from ...models import build_model
 from ...sorted.pool import build_pool, pool_from_config
 from ...sorted.prefix_eval import METHODS
 from ...sorted.sampler import Sampler
-from ...sorted.update import sorted_update
+from ...sorted.update import plain_loss, sorted_update
 from .data import CIFAR10_MEAN, CIFAR10_STD, ImageSet, Normalizer, TrainBatches, eval_batches, load_splits
 from .task import AccuracyMeter
 
@@ -94,7 +94,7 @@ class ProjectLoop:
             epoch, index = divmod(self.step, len(self.batches))
             sub = self.sampler.draw(self.step, 0, 1)
             images, labels = self.batches.get(epoch, index)
-            losses += sorted_update(self.model, self.optimizer, [(sub, images, labels)], 1, F.cross_entropy, self.autocast)
+            losses += sorted_update(self.model, self.optimizer, [(sub, images, labels)], 1, plain_loss(F.cross_entropy), self.autocast)
             self.step += 1
         torch.stack(losses).sum().item()
 
