@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers report reproduce test clean
+.PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers sweep-fidelity report reproduce reproduce-gpu test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -43,11 +43,18 @@ sweep-variants: $(BIN)/sortednet ## sweep pool=160,width_only,depth_only,full (p
 sweep-samplers: $(BIN)/sortednet ## sweep sampler=uniform,sandwich,weighted on pool=160
 	$(BIN)/sortednet train -m +sweep=samplers $(ARGS)
 
+sweep-fidelity: $(BIN)/sortednet ## does the wide end learn? 5 jobs, 2 at a time on this CPU (set trainer.epochs in ARGS; see docs/fidelity.md)
+	$(BIN)/sortednet train -m +sweep=fidelity hydra/launcher=local_parallel trainer.threads=1 $(ARGS)
+
 report: $(BIN)/sortednet ## compare the jobs of the newest train sweep (ARGS: sweep_dir=... or runs=[...])
 	$(BIN)/sortednet report $(ARGS)
 
 reproduce: $(BIN)/sortednet ## the paper's CIFAR-10 comparison: the variants sweep with experiment=paper_cifar10, then its report
 	$(BIN)/sortednet train -m +sweep=variants experiment=paper_cifar10 $(ARGS)
+	$(BIN)/sortednet report
+
+reproduce-gpu: $(BIN)/sortednet ## the fidelity study at the paper's 200 epochs on one GPU (about 4 hours on an H200), then its report
+	$(BIN)/sortednet train -m +sweep=fidelity experiment=paper_cifar10 trainer.device=cuda $(ARGS)
 	$(BIN)/sortednet report
 
 test: $(BIN)/sortednet ## run the test suite
