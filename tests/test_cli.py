@@ -13,7 +13,7 @@ from conftest import REPO, TINY, compose_config, run_cli
 GROUPS = {
     "model": ["cpreresnet20", "mobilenetv2"],
     "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny"],
-    "sampler": ["uniform", "sandwich", "weighted", "full"],
+    "sampler": ["uniform", "sandwich", "weighted", "width_major", "full"],
     "data": ["cifar10", "fake"],
     "optim": ["sgd", "adamw"],
     "sched": ["cosine"],

@@ -266,3 +266,11 @@ def test_inplace_distillation_trains_and_refuses_what_cannot_work(tmp_run):
     ]:
         with pytest.raises(UserError, match=message):
             run(tmp_run, "trainer.distill=inplace", *overrides, name="refused")
+
+
+def test_max_steps_caps_the_run_and_the_schedule(tmp_run):
+    result = run(tmp_run, "trainer.epochs=3", "trainer.max_steps=5", "trainer.eval_grid=false")
+    assert result.summary["steps"] == result.summary["total_steps"] == 5
+    with open(tmp_run / "run" / "metrics.csv", newline="") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert len(lrs) == 5 and lrs[-1] < lrs[0] / 2  # the cosine ran out over the 5 steps

@@ -1,6 +1,5 @@
 """sortednet bench"""
 
-import json
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -8,6 +7,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from ..cli import hydra_command
+from ..jsonfiles import write_json
 from ..tasks.image.bench import run_bench
 from ..engine.runtime import select_device
 from ..reports.console import make_console
@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> None:
     device = select_device(cfg.device.value)
     report = run_bench(cfg, device, console)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    (run_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(run_dir / "bench.json", report)
 
     table = Table(title=f"sortednet bench on {report['device']}, torch {report['torch']}")
     for column in ("comparison", "this project", "baseline", "ratio", "target"):

@@ -26,7 +26,8 @@ from .checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
 from .evaluate import EvalData, evaluate_pool
 from .latency import latency_ms_per_example
 from .overrides import override_keys
-from .runs import newest_train_run, read_json, write_json
+from ..jsonfiles import read_json, write_json
+from .runs import newest_train_run
 from .runtime import select_device
 
 LATENCY_BATCH_SIZES = (1, 256)

@@ -22,7 +22,7 @@ from ..reports.grid_report import read_grid
 from ..reports.loggers import METRICS_FILE
 from ..sorted.submodel import depth_order_key, parse_depth
 from ..tasks.base import Metric
-from .runs import read_json
+from ..jsonfiles import read_json
 
 # Hydra's file log format is "[time][logger][LEVEL] - message".
 LOGGED_ERROR = re.compile(r"\]\[(?:ERROR|CRITICAL)\] - (.*)")

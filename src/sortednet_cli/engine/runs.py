@@ -1,11 +1,8 @@
-"""Run directories under outputs/: the newest train run, grid and sweep that commands default to,
-and the JSON files runs leave behind."""
+"""Run directories under outputs/: the newest train run, grid and sweep that commands default to."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional
 
 from ..errors import UserError
 
@@ -35,15 +32,3 @@ def newest_sweep(root: Path = Path("outputs/multirun/train")) -> Path:
     sweeps = [p for p in root.glob("*") if p.is_dir()] if root.is_dir() else []
     missing = f"no train sweep under {root.resolve()}; pass sweep_dir=<multirun dir> or runs=[<run dir>,...]"
     return _newest(sweeps, missing)
-
-
-def read_json(path: Path) -> Optional[Any]:
-    """The file's content; None when it does not exist or is still being written."""
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ from rich.console import Console
 from torch import nn
 
 from ..errors import UserError
+from ..jsonfiles import read_json, write_json
 from ..models import build_model
 from ..models.cost import mflops_per_example
 from ..reports.console import make_console
@@ -43,7 +43,6 @@ from .eval_grid import check_grid_settings, run_grid
 from .evaluate import EvalData, evaluate_pool
 from .optim import build_optimizer, build_scheduler
 from .overrides import overlay, override_keys
-from .runs import write_json
 from .runtime import configure_backend, select_device
 from .watchdog import StallWatchdog
 
@@ -445,7 +444,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
     previous = run.run_dir / SUMMARY_FILE
     if state.done == run.start_step and previous.is_file():
         # Resumed a finished run (say, to evaluate again): its training figures stand.
-        trained = json.loads(previous.read_text())
+        trained = read_json(previous)
         summary.update({k: trained[k] for k in ("final_loss", "images_per_second", "wall_seconds") if k in trained})
     if state.interrupted:
         path = save_checkpoint(run, state)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -11,6 +10,7 @@ from typing import Optional
 from rich.table import Table
 
 from ..errors import UserError
+from ..jsonfiles import read_json, write_json
 from ..sorted.submodel import depth_order_key, parse_depth
 from ..tasks.base import Metric
 
@@ -26,7 +26,7 @@ def write_grid(rows: list[dict], meta: dict, run_dir: Path) -> None:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
-    (run_dir / "grid.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_json(run_dir / "grid.json", {**meta, "rows": rows})
 
 
 def _number(column: str, text: str):
@@ -44,7 +44,7 @@ def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path, Metric]:
     if not path.is_file():
         raise UserError(f"no grid at {path}")
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    meta = read_json(meta_path)
     metric = Metric.from_dict((meta or {}).get("metric"))
     columns = grid_columns(metric.name)
     with open(path, newline="") as f:

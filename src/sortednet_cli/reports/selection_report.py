@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
 
+from ..jsonfiles import write_json
 from ..sorted.selection import COST_COLUMNS
 from ..tasks.base import Metric
 from .grid_report import draw_heatmap, heatmap_style
 
 
 def write_selection(result: dict, rows: list[dict], title: str, run_dir: Path, metric: Metric) -> None:
-    (run_dir / "selected.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(run_dir / "selected.json", result)
     save_selection_plot(result, rows, title, run_dir / "selection.png", metric)
 
 
