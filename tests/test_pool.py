@@ -26,7 +26,7 @@ def test_preset_sizes(name, size):
 def test_160_is_every_width_with_every_depth_in_grid_order():
     pool = preset("160")
     assert pool.widths == [round(0.05 * k, 2) for k in range(1, 21)]
-    assert [format_depth(d) for d in pool.depths] == ["1-1-1", "1-1-2", "1-2-1", "2-1-1", "1-2-2", "2-1-2", "2-2-1", "2-2-2"]
+    assert [format_depth(s.depth) for s in pool if s.width == 1.0] == ["1-1-1", "1-1-2", "1-2-1", "2-1-1", "1-2-2", "2-1-2", "2-2-1", "2-2-2"]
     assert pool.members[0] == SubModel(0.05, (1, 1, 1))
     assert pool.largest == SubModel(1.0, (2, 2, 2))
     assert len(set(pool.members)) == 160
