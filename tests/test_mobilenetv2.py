@@ -35,7 +35,6 @@ def small_copy(full: MobileNetV2, sub: SubModel) -> MobileNetV2:
 def test_full_network_size():
     model = MobileNetV2()
     count = parameter_count(model, SubModel(1.0, FULL_DEPTH))
-    print(f"MobileNetV2 (CIFAR, 10 classes): {count} parameters")
     assert count == sum(p.numel() for p in model.parameters()) == 2_236_682  # torchvision's count too
     assert 2.1e6 < count < 2.4e6
     assert model.depth_limits == FULL_DEPTH
@@ -124,7 +123,6 @@ def test_pools_build_against_the_depth_limits():
 def test_cost_is_plausible_and_grows_with_width():
     model = MobileNetV2()
     full = mflops_per_example(model, SubModel(1.0, FULL_DEPTH), IMAGE)
-    print(f"MobileNetV2 (CIFAR) full model: {full:.2f} MFLOPs per 32x32 image")
     assert 175 < full < 177  # 87.98 M multiply-adds, counted by hand from the layer table
     widths = load_pool("mbv2", FULL_DEPTH).widths
     costs = [mflops_per_example(model, SubModel(w, FULL_DEPTH), IMAGE) for w in widths]
