@@ -150,8 +150,8 @@ def register_toys() -> None:
     ARCHITECTURES.register("toy_mlp")(ToyMLP)
     TASKS.register("toy_regression", schema=ToyDataConfig)(ToyRegression)
     store = ConfigStore.instance()
-    store.store(group="model", name="toy_mlp", node={"defaults": ["toy_mlp_schema", "_self_"]})
-    store.store(group="data", name="toy_regression", node={"defaults": ["toy_regression_schema", "_self_"]})
+    store.store(group="model", name="toy_mlp", node={"defaults": ["/schemas/model/toy_mlp@_here_", "_self_"]})
+    store.store(group="data", name="toy_regression", node={"defaults": ["/schemas/data/toy_regression@_here_", "_self_"]})
     store.store(group="pool", name="toy", node={"name": "toy", "widths": [0.25, 0.5, 1.0], "depths": [1, 2, "max"]})
 
 

@@ -24,14 +24,15 @@ class Registry(Generic[T]):
 
     def register(self, name: str, schema: Optional[type] = None) -> Callable[[T], T]:
         """Decorator: `@MODELS.register("cpreresnet20", schema=CPreResNetConfig)`. The schema
-        (a dataclass) is stored in Hydra's ConfigStore as `<group>/<name>_schema`, which the
-        option's YAML file lists first in its defaults: bad keys then fail while composing."""
+        (a dataclass) is stored in Hydra's ConfigStore as `schemas/<group>/<name>`, which the
+        option's YAML file lists first in its defaults (`/schemas/<group>/<name>@_here_`): bad
+        keys then fail while composing, and schemas do not show as options of the group."""
 
         def add(entry: T) -> T:
             self._entries[name] = entry
             self._schemas[name] = schema
             if schema is not None and self.group is not None:
-                ConfigStore.instance().store(group=self.group, name=f"{name}_schema", node=schema)
+                ConfigStore.instance().store(group=f"schemas/{self.group}", name=name, node=schema)
             return entry
 
         return add
