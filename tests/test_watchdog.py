@@ -18,7 +18,7 @@ def watchdog(factor=50, min_seconds=60):
 
 def run_steps(dog, clock, durations, first=1):
     for step, seconds in enumerate(durations, start=first):
-        dog.step_started(step, f"step {step} trains w=0.05")
+        dog.step_started(step, lambda: f"step {step} trains w=0.05")
         clock.now += seconds
         dog.check()
         dog.step_finished()
@@ -37,7 +37,7 @@ def test_threshold_is_the_larger_of_factor_times_median_and_the_floor():
 def test_a_stuck_step_is_reported_once_naming_its_step():
     dog, clock, warnings = watchdog()
     run_steps(dog, clock, [0.2] * 5)
-    dog.step_started(6, "it trains w=0.05 d=1-1-1")
+    dog.step_started(6, lambda: "it trains w=0.05 d=1-1-1")
     clock.now += 59
     assert not dog.check() and warnings == []
     clock.now += 2

@@ -401,7 +401,7 @@ def run_loop(run: Run) -> LoopState:
     with StopOnInterrupt() as stop, watchdog, progress:
         for step in range(run.start_step, run.total_steps):
             plan = plan_step(run, step)
-            watchdog.step_started(step + 1, stall_advice(run, state, plan.subs))
+            watchdog.step_started(step + 1, lambda plan=plan: stall_advice(run, state, plan.subs))
             drawn = train_step(run, plan)
             watchdog.step_finished()
             state.pending.extend(drawn)

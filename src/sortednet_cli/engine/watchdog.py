@@ -28,7 +28,7 @@ def format_duration(seconds: float) -> str:
 
 class StallWatchdog:
     """Warns (through `warn`) when the running step exceeds its threshold, with the text the loop
-    gave for that step (what it trains, what to do)."""
+    gave for that step (what it trains, what to do), built only when a warning is due."""
 
     def __init__(
         self,
@@ -43,7 +43,7 @@ class StallWatchdog:
         self.clock = clock
         self.recent: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
         self._lock = threading.Lock()
-        self._running: Optional[tuple[int, float, str]] = None  # (step, start time, description)
+        self._running: Optional[tuple[int, float, Callable[[], str]]] = None  # (step, start time, description)
         self._warned_step: Optional[int] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -59,7 +59,7 @@ class StallWatchdog:
             return FIRST_STEP_PATIENCE * self.min_seconds
         return max(self.min_seconds, self.factor * statistics.median(recent))
 
-    def step_started(self, step: int, description: str) -> None:
+    def step_started(self, step: int, description: Callable[[], str]) -> None:
         with self._lock:
             self._running = (step, self.clock(), description)
 
@@ -88,7 +88,7 @@ class StallWatchdog:
             self._warned_step = step
             median = statistics.median(self.recent) if self.recent else None
         usual = f"{elapsed / median:.0f}x the recent median of {median:.2f} s" if median else "the first step of this process"
-        self.warn(f"step {step} has run for {format_duration(elapsed)} ({usual}); {description}")
+        self.warn(f"step {step} has run for {format_duration(elapsed)} ({usual}); {description()}")
         return True
 
     def _watch(self, interval: float) -> None:
