@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Generic, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from .errors import UserError
 
@@ -51,7 +52,5 @@ class Registry(Generic[T]):
 
     def typed(self, name: Any, node):
         """`node` (a plain config) merged onto the entry's schema: typed, defaults filled in."""
-        from omegaconf import OmegaConf
-
         schema = self.schema(name)
         return node if schema is None else OmegaConf.merge(OmegaConf.structured(schema), node)
