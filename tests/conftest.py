@@ -33,6 +33,57 @@ TINY = [
 
 torch.set_num_threads(2)
 
+# Tiny Transformers (2 layers, hidden 32) on tiny hand-made text; the data paths come from the
+# session fixtures glue_root and text_path (tiny_text_overrides puts them in).
+TINY_ENCODER = ["model.layers=2", "model.hidden=32", "model.heads=2", "model.ffn=64", "model.max_length=32", "data.vocab_size=150", "model.sort_heads=true"]
+TINY_DECODER = ["model.layers=2", "model.hidden=32", "model.heads=2", "model.ffn=64", "model.context=32", "data.block_size=16"]
+TINY_TEXT_TRAINING = ["trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16", "sched.warmup_steps=5", "eval.latency=false", "eval.batch_size=64"]
+
+POSITIVE = ["a charming and often affecting journey", "the best film of the year", "warm , funny and wise", "a gorgeous , witty , seductive movie", "it is a delight"]
+NEGATIVE = ["a dull , lifeless mess", "the worst film of the year", "boring and far too long", "a tedious , joyless slog", "it is a chore"]
+
+
+def write_tiny_glue(root: Path, rows: int = 240) -> Path:
+    """An SST-2-style folder (train.tsv, dev.tsv with a `sentence\tlabel` header) whose label
+    is learnable from its words."""
+    root.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for name, count in (("train.tsv", rows), ("dev.tsv", rows // 4)):
+        lines = ["sentence\tlabel"]
+        for i in range(count):
+            label = int(torch.randint(0, 2, (1,), generator=gen))
+            phrases = POSITIVE if label else NEGATIVE
+            pick = torch.randint(0, len(phrases), (2,), generator=gen).tolist()
+            lines.append(f"{phrases[pick[0]]} ; {phrases[pick[1]]} \t{label}")
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_tiny_text(path: Path) -> Path:
+    """A few thousand characters of patterned text: learnable in a few hundred steps."""
+    gen = torch.Generator().manual_seed(0)
+    words = ["ROMEO:", "JULIET:", "to be", "or not", "the night", "is young", "my lord", "good morrow"]
+    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (6,), generator=gen).tolist()) for _ in range(300)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def glue_root(tmp_path_factory) -> Path:
+    return write_tiny_glue(tmp_path_factory.mktemp("glue") / "sst2")
+
+
+@pytest.fixture(scope="session")
+def text_path(tmp_path_factory) -> Path:
+    return write_tiny_text(tmp_path_factory.mktemp("text") / "input.txt")
+
+
+def tiny_text_overrides(model: str, glue_root: Path, text_path: Path) -> list[str]:
+    """A tiny model of a Transformer family on its tiny data."""
+    if model == "llama":
+        return ["model=llama", f"data.path={text_path}", *TINY_DECODER]
+    return [f"model={model}", f"data.root={glue_root}", *TINY_ENCODER]
+
 
 def compose_config(config_name: str, overrides: list[str] = ()):
     register_configs()

@@ -105,7 +105,7 @@ class ToyRegression:
     memory_format = torch.contiguous_format
     eval_name = "val"
 
-    def __init__(self, data_cfg, model_cfg, device, channels_last):
+    def __init__(self, data_cfg, model_cfg, device, channels_last, state=None):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(data_cfg.size + 256, model_cfg.dim, generator=gen)
         y = torch.tanh(x[:, :4].sum(1)) + x[:, 4] * x[:, 5] + data_cfg.noise * torch.randn(len(x), generator=gen)
@@ -113,6 +113,12 @@ class ToyRegression:
 
     def describe(self):
         return f"{len(self.train_x)} toy examples"
+
+    def state(self):
+        return {}
+
+    def model_fields(self):
+        return {}
 
     def train_batches(self, batch_size, seed):
         return ToyBatches(self.train_x, self.train_y, batch_size, seed)

@@ -9,22 +9,26 @@ from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.sorted.submodel import SubModel, full_submodel
 from sortednet_cli.tasks import TASKS, Task, build_task
 
-from conftest import compose_config
+from conftest import compose_config, tiny_text_overrides
 
 FAMILIES = MODELS.names()
 
 
-def family(name):
-    cfg = compose_config("train", [f"model={name}"])
+TEXT_FAMILIES = ("bert", "roberta", "llama")
+
+
+def family(name, request):
+    overrides = tiny_text_overrides(name, request.getfixturevalue("glue_root"), request.getfixturevalue("text_path")) if name in TEXT_FAMILIES else [f"model={name}"]
+    cfg = compose_config("train", overrides)
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=False)
     torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
+    model = build_model(cfg.model, task.model_fields()).eval()
     with torch.no_grad():  # norm statistics away from their defaults, so slicing errors show
         for buffer_name, buf in model.named_buffers():
             if buffer_name.endswith("running_mean"):
                 buf.normal_(0, 0.1)
             elif buffer_name.endswith("running_var"):
                 buf.uniform_(0.5, 1.5)
-    task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=False)
     return cfg, model, task
 
 
@@ -38,8 +42,8 @@ def walk(model, x, sub):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_every_model_family_keeps_the_protocol(name):
-    cfg, model, task = family(name)
+def test_every_model_family_keeps_the_protocol(name, request):
+    cfg, model, task = family(name, request)
     assert isinstance(model, SortedModel)
     x = task.example_input(3)
     full = full_submodel(model.depth_limits)
@@ -63,5 +67,8 @@ def test_every_task_keeps_the_protocol(data_name, request):
     overrides = [f"data={data_name}"]
     if data_name == "cifar10":  # the protocol's attributes read the data
         overrides += [f"data.root={request.getfixturevalue('cifar10_root')}", "data.verify=false"]
+    if data_name in ("glue", "text"):  # text tasks need a model of their kind
+        family = "bert" if data_name == "glue" else "llama"
+        overrides = tiny_text_overrides(family, request.getfixturevalue("glue_root"), request.getfixturevalue("text_path")) + overrides
     cfg = compose_config("train", overrides)
     assert isinstance(build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True), Task)

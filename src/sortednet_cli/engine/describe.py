@@ -29,6 +29,6 @@ def describe(cfg) -> tuple[list[dict], torch.nn.Module, Pool]:
     """The rows of `sortednet describe`, FLOPs counted on the task's example input."""
     device = torch.device("cpu")
     task = build_task(cfg.data, cfg.model, device, channels_last=False)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, task.model_fields())
     pool = pool_from_config(cfg.pool, model.depth_limits)
     return describe_pool(model, pool, task.example_input(1)), model, pool

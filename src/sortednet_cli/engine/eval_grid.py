@@ -37,13 +37,14 @@ BASELINE_CACHE = "baseline.json"
 @dataclass
 class TrainedRun:
     """A train checkpoint opened for evaluation: its config, model (weights loaded, on `device`,
-    in eval mode), pool and path."""
+    in eval mode), pool, path and what it saved of its task (a text task's tokenizer)."""
 
     cfg: DictConfig
     model: nn.Module
     pool: Pool
     path: Path
     device: torch.device
+    task_state: Optional[dict] = None
 
 
 def load_trained(location, device: torch.device) -> TrainedRun:
@@ -52,7 +53,7 @@ def load_trained(location, device: torch.device) -> TrainedRun:
     model = build_from_arch(checkpoint["arch"])
     model.load_state_dict(checkpoint["model"])
     model = model.to(device).eval()
-    return TrainedRun(checkpoint_config(checkpoint), model, Pool.from_dict(checkpoint["pool"]), path, device)
+    return TrainedRun(checkpoint_config(checkpoint), model, Pool.from_dict(checkpoint["pool"]), path, device, checkpoint.get("task"))
 
 
 def open_trained_run(location: Optional[str], device_name: str, console: Console) -> TrainedRun:
@@ -80,7 +81,7 @@ def data_config_for(run: TrainedRun, cfg: DictConfig, overrides: Sequence[str]) 
 
 def task_for(run: TrainedRun, cfg: DictConfig, overrides: Sequence[str]) -> Task:
     """The run's task on its (overridden) data; the model moves to the task's memory format."""
-    task = build_task(data_config_for(run, cfg, overrides), run.cfg.model, run.device, run.cfg.trainer.channels_last)
+    task = build_task(data_config_for(run, cfg, overrides), run.cfg.model, run.device, run.cfg.trainer.channels_last, state=run.task_state)
     run.model.to(memory_format=task.memory_format)
     return task
 

@@ -4,6 +4,7 @@ training examples for norm statistics."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import nn
 
@@ -42,6 +43,7 @@ def recalibrates(model: nn.Module, eval_cfg) -> bool:
     return eval_cfg.bn.value == "recalibrate" and bool(model.recalibrated_norms())
 
 
-def evaluate_pool(model: nn.Module, pool: Pool, data: EvalData, eval_cfg, method: str = "shared") -> dict[SubModel, float]:
-    """The task's metric for every pool member; the model's own buffers are left as they were."""
-    return METHODS[method](model, pool, data.eval_batches, data.calib_batches, recalibrates(model, eval_cfg), data.task.meter)
+def evaluate_pool(model: nn.Module, pool: Pool, data: EvalData, eval_cfg, method: str = "shared", details: Optional[dict] = None) -> dict[SubModel, float]:
+    """The task's metric for every pool member; the model's own buffers are left as they were.
+    `details` receives the secondary figures of tasks whose meters have them."""
+    return METHODS[method](model, pool, data.eval_batches, data.calib_batches, recalibrates(model, eval_cfg), data.task.meter, details)

@@ -35,7 +35,8 @@ from ..sorted.pool import Pool, pool_from_config
 from ..sorted.sampler import Sampler, build_sampler
 from ..sorted.submodel import SubModel, format_depth
 from ..sorted.distill import InplaceDistillation
-from ..sorted.update import DrawLoss, plain_loss, sorted_update
+from ..sorted.exits import AllExits
+from ..sorted.update import DrawLoss, Forward, plain_loss, sorted_update, sub_forward
 from ..tasks import Task, build_task
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, checkpoint_config, load_checkpoint, resolve_checkpoint, save_atomic
 from .distributed import Distributed, any_rank, average_gradients, average_tensor, finish as finish_ranks, from_environment, init_process_group, rank_device
@@ -112,6 +113,7 @@ class Run:
     elapsed_before: float
     images_before: int
     resumed: bool
+    all_exits: Optional[AllExits] = None  # trainer.update=all_exits
 
 
 @dataclass
@@ -181,6 +183,8 @@ def validate_trainer(cfg) -> None:
             raise UserError(f"trainer.{key} must be >= 0, 0 turns the stall warning off (got {getattr(cfg, key)})")
     if cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0:
         raise UserError(f"trainer.clip_grad_norm must be > 0 or null (got {cfg.clip_grad_norm})")
+    if cfg.distill.value == "inplace" and cfg["update"].value == "all_exits":
+        raise UserError("trainer.distill=inplace and trainer.update=all_exits do not combine: all_exits already trains every exit of a width on the same batch")
     if cfg.distill.value == "inplace":
         if not cfg.accum_same_batch:
             raise UserError("trainer.distill=inplace needs trainer.accum_same_batch=true: the largest sub-model teaches on the batch the step's draws share")
@@ -232,10 +236,12 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     init_process_group(ranks, device)
     configure_backend(device, trainer.threads)
 
-    task = build_task(cfg.data, cfg.model, device, trainer.channels_last)  # reads no data yet
+    # A resumed run rebuilds its task from the checkpoint (a trained tokenizer is kept there).
+    task = build_task(cfg.data, cfg.model, device, trainer.channels_last, state=checkpoint.get("task") if checkpoint else None)
     check_grid_settings(cfg.eval, cfg.select, task.metric)  # fail now, not after hours of training
+    fields = task.model_fields()  # a text task trains its tokenizer here
     torch.manual_seed(trainer.seed)  # the initial weights
-    model = build_model(cfg.model).to(device=device, memory_format=task.memory_format)
+    model = build_model(cfg.model, fields).to(device=device, memory_format=task.memory_format)
     pool = pool_from_config(cfg.pool, model.depth_limits)
     batches = task.train_batches(trainer.batch_size, trainer.seed)
     example = task.example_input(1)
@@ -266,16 +272,19 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     )
     console.print(
         f"training {cfg.model.name} on {task.describe()}, "
-        f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}, grad_accum {g}, "
+        f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}"
+        + (" (every exit of the drawn width)" if trainer["update"].value == "all_exits" else "")
+        + f", grad_accum {g}, "
         f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}"
         + (f" x {ranks.world_size} ranks" if ranks.enabled else "")
         + (f", at most {total_steps} steps" if trainer.max_steps is not None else "")
         + f"; run dir {run_dir}",
         highlight=False,
     )
+    all_exits = AllExits(pool, task.loss) if trainer["update"].value == "all_exits" else None
     run = Run(cfg, run_dir, ranks, device, console, task, model, pool, sampler, batches, optimizer, scheduler,
               logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, images_before,
-              resumed=checkpoint is not None)
+              resumed=checkpoint is not None, all_exits=all_exits)
     if trainer.distill.value == "inplace":
         check_distillation_teacher(run)
     return run
@@ -301,6 +310,7 @@ def save_checkpoint(run: Run, state: LoopState) -> Path:
             "images": state.images,
             "config": OmegaConf.to_yaml(run.cfg, resolve=True),
             "pool": run.pool.to_dict(),
+            "task": run.task.state(),
         },
         path,
     )
@@ -351,8 +361,16 @@ def plan_step(run: Run, step: int) -> StepPlan:
     return StepPlan(step, epoch, first_batch, subs)
 
 
+def draw_objective(run: Run) -> tuple[Forward, DrawLoss]:
+    """How each draw of a step computes its outputs and its loss: one sub-model on the task's
+    loss or in-place distillation's, or every exit of the drawn width (all-exits update)."""
+    if run.all_exits is not None:
+        return run.all_exits.forward, run.all_exits.loss
+    return sub_forward, draw_loss(run)
+
+
 def draw_loss(run: Run) -> DrawLoss:
-    """The loss of each draw of a step: the task's, or in-place distillation's."""
+    """The loss of one sub-model's draw: the task's, or in-place distillation's."""
     trainer = run.cfg.trainer
     if trainer.distill.value == "inplace":
         return InplaceDistillation(run.pool.largest, run.task.loss, run.task.soft_loss, trainer.distill_temperature, trainer.distill_alpha)
@@ -371,11 +389,17 @@ def train_step(run: Run, plan: StepPlan) -> list[PendingDraw]:
             yield (sub, *(shared_batch or run.batches.get(epoch, first_batch + d, shard)))
 
     lr = run.scheduler.get_last_lr()[0]
-    losses = sorted_update(run.model, run.optimizer, draws(), len(subs), draw_loss(run), run.autocast,
+    forward, loss_fn = draw_objective(run)
+    losses = sorted_update(run.model, run.optimizer, draws(), len(subs), loss_fn, run.autocast,
                            before_step=lambda: average_gradients(run.model, run.ranks),
-                           clip_grad_norm=trainer.clip_grad_norm)
+                           clip_grad_norm=trainer.clip_grad_norm, forward=forward)
     run.scheduler.step()
-    return [PendingDraw(epoch, plan.step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses))]
+    if run.all_exits is None:
+        return [PendingDraw(epoch, plan.step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses))]
+    # One row per exit of each draw.
+    return [PendingDraw(epoch, plan.step + 1, d, exit_sub, exit_loss, lr)
+            for d, (sub, loss) in enumerate(zip(subs, losses))
+            for exit_sub, exit_loss in zip(run.all_exits.exits(sub.width), loss)]
 
 
 def stall_advice(run: Run, state: LoopState, subs: list[SubModel]) -> str:
@@ -405,7 +429,7 @@ def run_loop(run: Run) -> LoopState:
             drawn = train_step(run, plan)
             watchdog.step_finished()
             state.pending.extend(drawn)
-            state.images += len(drawn) * run.batches.batch_size
+            state.images += len(plan.subs) * run.batches.batch_size  # examples seen (all exits of a draw share them)
             state.done = step + 1
 
             epoch_end = state.done % run.steps_per_epoch == 0

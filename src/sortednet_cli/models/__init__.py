@@ -6,6 +6,6 @@ with ARCHITECTURES, imported here; and conf/model/<name>.yaml (see docs/architec
 
 from .protocol import SortedModel
 from .registry import ARCHITECTURES, MODELS, build_from_arch, build_model
-from . import mobilenetv2, preresnet  # noqa: F401  (register the built-in families)
+from . import mobilenetv2, preresnet, text_families  # noqa: F401  (register the built-in families)
 
 __all__ = ["ARCHITECTURES", "MODELS", "SortedModel", "build_from_arch", "build_model"]

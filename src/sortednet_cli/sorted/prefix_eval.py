@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -49,6 +49,11 @@ def _reset_statistics(model: nn.Module) -> None:
         m.momentum = None  # cumulative average over the calibration batches
 
 
+def _record_details(details: Optional[dict], sub: SubModel, meter: Any) -> None:
+    if details is not None and hasattr(meter, "details"):
+        details[sub] = meter.details()
+
+
 @torch.no_grad()
 def recalibrate(model: nn.Module, sub: SubModel, calib_batches: Batches) -> None:
     """Recompute the BatchNorm statistics `sub` uses (cumulative average, no gradients)."""
@@ -60,8 +65,10 @@ def recalibrate(model: nn.Module, sub: SubModel, calib_batches: Batches) -> None
 
 
 @torch.no_grad()
-def evaluate_naive(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool, new_meter: NewMeter) -> dict[SubModel, float]:
-    """Each sub-model on its own: recalibrate its statistics, then measure it."""
+def evaluate_naive(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool, new_meter: NewMeter,
+                   details: Optional[dict] = None) -> dict[SubModel, float]:
+    """Each sub-model on its own: recalibrate its statistics, then measure it. `details`, if
+    given, receives each sub-model's secondary figures (meters with a `details()`)."""
     results = {}
     with preserved_buffers(model):
         for sub in pool:
@@ -72,6 +79,7 @@ def evaluate_naive(model: nn.Module, pool: Pool, eval_batches: Batches, calib_ba
             for inputs, targets in eval_batches():
                 meter.update(model(inputs, sub), targets)
             results[sub] = meter.value()
+            _record_details(details, sub, meter)
     return results
 
 
@@ -134,8 +142,15 @@ class _PrefixTree:
                 self._stage(h, stage + 1, path, keep, outputs)
 
 
+def prefix_outputs(model: nn.Module, width: float, depths: list[tuple[int, ...]], inputs: Any) -> dict[tuple[int, ...], torch.Tensor]:
+    """The outputs of every depth setting of one width on `inputs`, each block computed once
+    (with gradients when enabled: the all-exits update trains through it)."""
+    return _PrefixTree(model, width, depths, _NodeStatistics(False, [])).walk(inputs, keep_stats=False)
+
+
 @torch.no_grad()
-def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool, new_meter: NewMeter) -> dict[SubModel, float]:
+def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool, new_meter: NewMeter,
+                    details: Optional[dict] = None) -> dict[SubModel, float]:
     """Every sub-model of the pool, one prefix-tree walk per width and batch."""
     by_width: dict[float, list[tuple[int, ...]]] = defaultdict(list)
     for sub in pool:
@@ -156,6 +171,7 @@ def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_b
                     meters[depth].update(out, targets)
             for depth in depths:
                 results[SubModel(width, depth)] = meters[depth].value()
+                _record_details(details, SubModel(width, depth), meters[depth])
     return {sub: results[sub] for sub in pool}
 
 

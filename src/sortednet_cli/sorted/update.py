@@ -11,7 +11,14 @@ from torch import nn
 from .submodel import SubModel
 
 Draw = tuple[SubModel, Any, Any]  # (sub-model, inputs, targets)
-DrawLoss = Callable[[SubModel, torch.Tensor, Any], torch.Tensor]  # (sub-model, outputs, targets) -> loss
+# (sub-model, outputs, targets) -> the draw's loss: a scalar, or one loss per exit (all-exits
+# update), whose mean is what the draw trains.
+DrawLoss = Callable[[SubModel, Any, Any], torch.Tensor]
+Forward = Callable[[nn.Module, SubModel, Any], Any]  # (model, sub-model, inputs) -> outputs
+
+
+def sub_forward(model: nn.Module, sub: SubModel, inputs: Any) -> torch.Tensor:
+    return model(inputs, sub)
 
 
 def plain_loss(loss: Callable[[torch.Tensor, Any], torch.Tensor]) -> DrawLoss:
@@ -28,19 +35,21 @@ def sorted_update(
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     before_step: Callable[[], None] = lambda: None,
     clip_grad_norm: Optional[float] = None,
+    forward: Forward = sub_forward,
 ) -> list[torch.Tensor]:
     """Train each drawn (sub-model, inputs, targets) on loss / num_draws, then step once.
 
     `before_step` runs once the gradients of all draws are in (data parallelism averages them
     there: one all-reduce per step); the gradient norm is clipped after it, over the step's
-    accumulated gradient. Returns the per-draw losses, detached and still on the device (no
-    host synchronisation)."""
+    accumulated gradient. `forward` computes a draw's outputs (by default `model(inputs, sub)`).
+    Returns the per-draw losses (scalars or per-exit vectors), detached and still on the device
+    (no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
     losses = []
     for sub, inputs, targets in draws:
         with autocast():
-            loss = loss_fn(sub, model(inputs, sub), targets)
-        (loss / num_draws).backward()
+            loss = loss_fn(sub, forward(model, sub, inputs), targets)
+        (loss.mean() / num_draws).backward()
         losses.append(loss.detach())
     before_step()
     if clip_grad_norm is not None:

@@ -1,15 +1,19 @@
 """Tasks: what is specific to a kind of problem (data, loss, metric); see base.py."""
 
+from typing import Optional
+
 import torch
 
 from .base import Metric, Task
 from .registry import TASKS
 from .image import task as _image  # noqa: F401  (registers cifar10 and fake)
+from .text import glue_task as _glue, lm_task as _lm  # noqa: F401  (registers glue and text)
 
 
-def build_task(data_cfg, model_cfg, device: torch.device, channels_last: bool) -> Task:
-    """The task that reads `data_cfg`, with its data loaded onto `device`."""
-    return TASKS.get(data_cfg.name)(data_cfg, model_cfg, device, channels_last)
+def build_task(data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None) -> Task:
+    """The task that reads `data_cfg`, with its data loaded onto `device`; `state` is what a
+    checkpoint saved of it (a text task's tokenizer)."""
+    return TASKS.get(data_cfg.name)(data_cfg, model_cfg, device, channels_last, state=state)
 
 
 __all__ = ["Metric", "Task", "TASKS", "build_task"]

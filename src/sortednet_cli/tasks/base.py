@@ -85,7 +85,9 @@ class Metric:
 
 
 class Meter(Protocol):
-    """Accumulates one sub-model's outputs over the evaluation batches."""
+    """Accumulates one sub-model's outputs over the evaluation batches. A meter may also have
+    `details() -> dict`: secondary figures the grid shows beside the metric (F1's accuracy,
+    a loss's perplexity)."""
 
     def update(self, outputs: torch.Tensor, targets: Any) -> None: ...
 
@@ -104,8 +106,9 @@ class TrainBatches(Protocol):
 
 @runtime_checkable
 class Task(Protocol):
-    """Built as `Task(data_cfg, model_cfg, device, channels_last)`; `channels_last` is the
-    user's preference (trainer.channels_last), which a task without images ignores."""
+    """Built as `Task(data_cfg, model_cfg, device, channels_last, state=None)`; `channels_last`
+    is the user's preference (trainer.channels_last), which a task without images ignores;
+    `state` is what `state()` returned when the checkpoint was written."""
 
     name: str
     metric: Metric
@@ -114,6 +117,13 @@ class Task(Protocol):
 
     def describe(self) -> str:
         """What is trained on, for the console: '45000 cifar10 images'."""
+
+    def state(self) -> dict:
+        """What a checkpoint must keep to rebuild this task exactly (a trained tokenizer)."""
+
+    def model_fields(self) -> dict:
+        """What the task decides about the model: keyword arguments of the model builder (a
+        text task's vocabulary size and label count); empty for images."""
 
     def train_batches(self, batch_size: int, seed: int) -> TrainBatches: ...
 

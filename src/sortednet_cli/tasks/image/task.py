@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ class ImageClassification:
     name = "image_classification"
     metric = ACCURACY
 
-    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool):
+    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
         self.cfg = data_cfg
         self.num_classes = model_cfg.num_classes
         self.device = device
@@ -90,6 +90,12 @@ class ImageClassification:
 
     def describe(self) -> str:
         return f"{len(self.train)} {self.cfg.name} images"
+
+    def state(self) -> dict:
+        return {}
+
+    def model_fields(self) -> dict:
+        return {}
 
     def train_batches(self, batch_size: int, seed: int) -> TrainBatches:
         return TrainBatches(self.train, batch_size, seed, self.cfg.augment, self.normalize)

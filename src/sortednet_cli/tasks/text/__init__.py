@@ -1,0 +1,1 @@
+"""Text tasks: GLUE sentence(-pair) classification and regression, and language modelling."""

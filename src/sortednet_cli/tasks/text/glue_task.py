@@ -1,0 +1,173 @@
+"""GLUE sequence classification (and STS-B regression) for the encoder families.
+
+The tokenizer is the pretrained model's own (`model.pretrained`), or one trained here on the
+training split (WordPiece for bert, byte-level BPE for roberta). It is saved in the checkpoint
+(`state()`), so eval-grid and export rebuild exactly the same one from a bare .pt.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import UserError
+from ..registry import TASKS
+from .batches import ShuffledBatches, TokenizedSet, ordered_batches
+from .glue_data import GlueMeter, glue_metric, glue_spec, num_labels, read_split, split_file
+
+
+class GlueSplit(str, Enum):
+    val = "val"
+    test = "test"
+
+
+@dataclass
+class GlueDataConfig:
+    name: str = "glue"
+    glue_task: str = "sst2"
+    root: str = "data/glue/sst2"  # the folder holding train.tsv and dev.tsv (or validation.tsv)
+    eval_split: GlueSplit = GlueSplit.val
+    vocab_size: int = 8000  # of a tokenizer trained here (ignored with model.pretrained)
+    train_subset: int = 0  # the first N training rows; 0 = all
+
+
+def _tokenizer_kind(model_cfg) -> str:
+    if model_cfg.name not in ("bert", "roberta"):
+        raise UserError(f"data=glue needs an encoder (model=bert or model=roberta), not model={model_cfg.name}")
+    return model_cfg.name
+
+
+@TASKS.register("glue", schema=GlueDataConfig)
+class GlueClassification:
+    name = "glue"
+    memory_format = torch.contiguous_format
+
+    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
+        self.cfg = data_cfg
+        self.model_cfg = model_cfg
+        self.kind = _tokenizer_kind(model_cfg)
+        self.spec = glue_spec(data_cfg.glue_task)
+        self.metric = glue_metric(self.spec)
+        self.device = device
+        self.saved_tokenizer = (state or {}).get("tokenizer")
+        if data_cfg.vocab_size < 100:
+            raise UserError(f"data.vocab_size must be >= 100 (got {data_cfg.vocab_size})")
+        if data_cfg.train_subset < 0:
+            raise UserError(f"data.train_subset must be >= 0 (got {data_cfg.train_subset})")
+
+    @property
+    def eval_name(self) -> str:
+        return self.cfg.eval_split.value
+
+    @functools.cached_property
+    def _train_examples(self):
+        examples = read_split(split_file(Path(self.cfg.root), self.spec, "train"), self.spec)
+        if self.cfg.train_subset:
+            n = self.cfg.train_subset
+            examples = type(examples)(examples.text_a[:n], examples.text_b[:n] if examples.text_b else None, examples.labels[:n])
+        return examples
+
+    @functools.cached_property
+    def tokenizer(self):
+        # Deferred: the tokenizers stack costs half a second to import, which image runs skip.
+        from .tokenizers import tokenizer_from_state, train_byte_bpe, train_wordpiece
+
+        if self.saved_tokenizer is not None:
+            return tokenizer_from_state(self.saved_tokenizer)
+        if self.model_cfg.pretrained:
+            from transformers import AutoTokenizer
+
+            try:
+                return AutoTokenizer.from_pretrained(self.model_cfg.pretrained)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"model.pretrained={self.model_cfg.pretrained}: no tokenizer there ({str(exc).splitlines()[0]})") from None
+        examples = self._train_examples
+        texts = examples.text_a + (examples.text_b or [])
+        if self.kind == "bert":
+            return train_wordpiece(texts, self.cfg.vocab_size)
+        return train_byte_bpe(texts, self.cfg.vocab_size, roberta=True)
+
+    def _encode(self, examples) -> TokenizedSet:
+        return TokenizedSet.encode(self.tokenizer, examples.text_a, examples.text_b, examples.labels, self.max_length)
+
+    @property
+    def max_length(self) -> int:
+        return self.model_cfg.max_length
+
+    @functools.cached_property
+    def train(self) -> TokenizedSet:
+        return self._encode(self._train_examples)
+
+    @functools.cached_property
+    def eval(self) -> TokenizedSet:
+        return self._encode(read_split(split_file(Path(self.cfg.root), self.spec, self.eval_name), self.spec))
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def state(self) -> dict:
+        from .tokenizers import tokenizer_state
+
+        return {"tokenizer": tokenizer_state(self.tokenizer)}
+
+    def model_fields(self) -> dict:
+        return {
+            "vocab_size": len(self.tokenizer),
+            "num_labels": num_labels(self.spec),
+            "pad_token_id": self.pad_id,
+            "problem_type": "regression" if self.spec.is_regression else "single_label_classification",
+        }
+
+    def describe(self) -> str:
+        return f"{len(self.train)} {self.spec.name} training examples"
+
+    def train_batches(self, batch_size: int, seed: int) -> ShuffledBatches:
+        if len(self.train) < batch_size:
+            raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(self.train)} training examples")
+        return ShuffledBatches(self.train, batch_size, seed, self.pad_id, self.device)
+
+    def eval_batches(self, batch_size: int) -> Iterator:
+        return ordered_batches(self.eval, batch_size, self.pad_id, self.device)
+
+    def calib_batches(self, batch_size: int, count: int) -> Iterator:
+        return ordered_batches(self.train, batch_size, self.pad_id, self.device, count)
+
+    def calib_size(self, count: int) -> int:
+        return min(count, len(self.train))
+
+    def eval_size(self) -> int:
+        return len(self.eval)
+
+    def eval_fingerprint(self) -> str:
+        return f"{self.spec.name} {self.eval_name}: {len(self.eval)} rows|{float(self.eval.labels.float().sum())}|{int(self.eval.ids.sum())}"
+
+    def example_input(self, batch_size: int):
+        """Rows of the evaluation set's median length (what FLOPs and latency are counted on)."""
+        from ...models.transformer import TokenBatch
+
+        length = int(self.eval.lengths().float().median())
+        ids = torch.full((batch_size, length), self.pad_id + 1, dtype=torch.long, device=self.device)
+        types = torch.zeros_like(ids) if self.spec.is_pair and self.kind == "bert" else None
+        return TokenBatch(ids, torch.ones_like(ids), types)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.spec.is_regression:
+            return F.mse_loss(outputs.squeeze(-1), targets)
+        return F.cross_entropy(outputs, targets)
+
+    def soft_loss(self, outputs: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        if self.spec.is_regression:
+            return F.mse_loss(outputs, teacher)
+        log_student = F.log_softmax(outputs / temperature, dim=1)
+        log_teacher = F.log_softmax(teacher / temperature, dim=1)
+        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+
+    def meter(self) -> GlueMeter:
+        return GlueMeter(self.spec)

@@ -1,0 +1,180 @@
+"""Language modelling on one text file (Tiny Shakespeare by default) for the decoder family.
+
+nanoGPT's setting: the first 90% of the characters train, the last 10% validate; training
+batches are random windows, evaluation reads the validation split as consecutive windows so
+every token is predicted once. The metric is the mean next-token loss in nats per token (lower
+is better); the grid shows the perplexity beside it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import UserError
+from ..base import Metric
+from ..registry import TASKS
+from .batches import WindowBatches, stream_windows
+
+LOSS = Metric("loss", higher_is_better=False, lower=0.0)
+
+
+class TokenizerKind(str, Enum):
+    char = "char"
+    bpe = "bpe"
+
+
+@dataclass
+class TextDataConfig:
+    name: str = "text"
+    path: str = "data/tinyshakespeare/input.txt"
+    tokenizer: TokenizerKind = TokenizerKind.char
+    vocab_size: int = 512  # of the byte-level BPE tokenizer (char: the text's own characters)
+    block_size: int = 128  # tokens per training window (at most model.context)
+    val_fraction: float = 0.1  # the last part of the text, by position
+    eval_windows: int = 0  # validation windows evaluated; 0 = the whole split
+
+
+class LossMeter:
+    """Mean next-token loss over every evaluated token (summed on the device, read once)."""
+
+    def __init__(self):
+        self.total = 0.0
+        self.tokens = 0
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        self.tokens += targets.numel()
+
+    def value(self) -> float:
+        return float(self.total) / max(1, self.tokens)
+
+    def details(self) -> dict:
+        return {"perplexity": math.exp(min(self.value(), 50.0))}
+
+
+@TASKS.register("text", schema=TextDataConfig)
+class LanguageModeling:
+    name = "language_modeling"
+    metric = LOSS
+    memory_format = torch.contiguous_format
+    eval_name = "val"
+
+    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
+        if model_cfg.name != "llama":
+            raise UserError(f"data=text needs a decoder (model=llama), not model={model_cfg.name}")
+        self.cfg = data_cfg
+        self.model_cfg = model_cfg
+        self.device = device
+        self.saved_tokenizer = (state or {}).get("tokenizer")
+        if not 0 < data_cfg.val_fraction < 1:
+            raise UserError(f"data.val_fraction must be in (0, 1) (got {data_cfg.val_fraction})")
+        if data_cfg.block_size < 1:
+            raise UserError(f"data.block_size must be >= 1 (got {data_cfg.block_size})")
+        if not model_cfg.pretrained and data_cfg.block_size > model_cfg.context:
+            raise UserError(f"data.block_size={data_cfg.block_size} is longer than the model's context (model.context={model_cfg.context})")
+
+    @functools.cached_property
+    def text(self) -> str:
+        path = Path(self.cfg.path)
+        if not path.is_file():
+            raise UserError(f"data.path={path}: no such file (Tiny Shakespeare: ../shared/data/tinyshakespeare/input.txt here, or any UTF-8 text file)")
+        text = path.read_text(encoding="utf-8")
+        if len(text) < 100:
+            raise UserError(f"data.path={path} holds {len(text)} characters: too little text to train on")
+        return text
+
+    @property
+    def split_at(self) -> int:
+        return int(len(self.text) * (1 - self.cfg.val_fraction))
+
+    @functools.cached_property
+    def tokenizer(self):
+        # Deferred: the tokenizers stack costs half a second to import, which image runs skip.
+        from .tokenizers import build_char_tokenizer, tokenizer_from_state, train_byte_bpe
+
+        if self.saved_tokenizer is not None:
+            return tokenizer_from_state(self.saved_tokenizer)
+        if self.model_cfg.pretrained:
+            from transformers import AutoTokenizer
+
+            try:
+                return AutoTokenizer.from_pretrained(self.model_cfg.pretrained)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"model.pretrained={self.model_cfg.pretrained}: no tokenizer there ({str(exc).splitlines()[0]})") from None
+        if self.cfg.tokenizer == TokenizerKind.char:
+            return build_char_tokenizer(self.text)
+        return train_byte_bpe([self.text[: self.split_at]], self.cfg.vocab_size, roberta=False)
+
+    def _stream(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+    @functools.cached_property
+    def train_stream(self) -> torch.Tensor:
+        stream = self._stream(self.text[: self.split_at])
+        if len(stream) <= self.cfg.block_size + 1:
+            raise UserError(f"the training split has {len(stream)} tokens, fewer than data.block_size + 2 = {self.cfg.block_size + 2}")
+        return stream
+
+    @functools.cached_property
+    def val_stream(self) -> torch.Tensor:
+        stream = self._stream(self.text[self.split_at:])
+        if len(stream) <= self.cfg.block_size + 1:
+            raise UserError(f"the validation split has {len(stream)} tokens, fewer than data.block_size + 2; raise data.val_fraction")
+        return stream
+
+    def state(self) -> dict:
+        from .tokenizers import tokenizer_state
+
+        return {"tokenizer": tokenizer_state(self.tokenizer)}
+
+    def model_fields(self) -> dict:
+        return {"vocab_size": len(self.tokenizer), "eos_token_id": self.tokenizer.eos_token_id, "bos_token_id": self.tokenizer.bos_token_id}
+
+    def describe(self) -> str:
+        return f"{len(self.train_stream)} training tokens of {Path(self.cfg.path).name} ({self.cfg.tokenizer.value} tokenizer)"
+
+    def train_batches(self, batch_size: int, seed: int) -> WindowBatches:
+        return WindowBatches(self.train_stream, self.cfg.block_size, batch_size, seed, self.device)
+
+    def _eval_windows(self) -> Optional[int]:
+        return self.cfg.eval_windows or None
+
+    def eval_batches(self, batch_size: int) -> Iterator:
+        return stream_windows(self.val_stream, self.cfg.block_size, batch_size, self.device, self._eval_windows())
+
+    def calib_batches(self, batch_size: int, count: int) -> Iterator:
+        return stream_windows(self.train_stream, self.cfg.block_size, batch_size, self.device, count)
+
+    def calib_size(self, count: int) -> int:
+        return min(count, (len(self.train_stream) - 1) // self.cfg.block_size)
+
+    def eval_size(self) -> int:
+        windows = (len(self.val_stream) - 1) // self.cfg.block_size
+        return min(windows, self._eval_windows() or windows)
+
+    def eval_fingerprint(self) -> str:
+        return f"{self.cfg.path}|val {len(self.val_stream)} tokens|{self.cfg.block_size}|{self.eval_size()}|{int(self.val_stream.sum())}"
+
+    def example_input(self, batch_size: int):
+        from ...models.transformer import TokenBatch
+
+        return TokenBatch(self.val_stream[: self.cfg.block_size].repeat(batch_size, 1).to(self.device))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        log_student = F.log_softmax(logits.flatten(0, 1) / temperature, dim=-1)
+        log_teacher = F.log_softmax(teacher.flatten(0, 1) / temperature, dim=-1)
+        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+
+    def meter(self) -> LossMeter:
+        return LossMeter()
