@@ -11,7 +11,7 @@ from ..reports.console import make_console
 from ..cli import hydra_command
 from ..engine.eval_grid import open_trained_run, task_for
 from ..engine.evaluate import EvalData, recalibrates
-from ..engine.export import export_one, full_model_bytes, requested_submodels
+from ..engine.export import export_hf_dir, export_one, full_model_bytes, requested_submodels
 
 
 @hydra_command("export")
@@ -22,10 +22,15 @@ def main(cfg: DictConfig) -> None:
     model, path = run.model, run.path
     subs = requested_submodels(cfg.sub, path, model.depth_limits)
     recalibrate_bn = recalibrates(model, cfg.eval)
-    # Only models with norm statistics need data: the calibration examples.
-    calib_batches = EvalData.from_task(task_for(run, cfg, hydra_cfg.overrides.task), cfg.eval).calib_batches if recalibrate_bn else None
+    # Models with norm statistics need the calibration examples; library models, the tokenizer.
+    library_model = hasattr(model, "export_hf")
+    task = task_for(run, cfg, hydra_cfg.overrides.task) if recalibrate_bn or library_model else None
+    calib_batches = EvalData.from_task(task, cfg.eval).calib_batches if recalibrate_bn else None
     out_dir = Path(hydra_cfg.runtime.output_dir)
     rows = [export_one(model, sub, calib_batches, recalibrate_bn, path, out_dir) for sub in subs]
+    if library_model:
+        for row, sub in zip(rows, subs):
+            row["hf_dir"] = str(export_hf_dir(model, sub, task.tokenizer, out_dir))
 
     full_bytes = full_model_bytes(model, out_dir)
     checkpoint_bytes = os.path.getsize(path)
@@ -42,3 +47,7 @@ def main(cfg: DictConfig) -> None:
         "Load with sortednet_cli.load_exported(path).",
         highlight=False,
     )
+    if library_model:
+        auto = "AutoModelForCausalLM" if model.arch["name"] == "llama" else "AutoModelForSequenceClassification"
+        console.print(f"Hugging Face directories (config.json, safetensors, tokenizer): {', '.join(r['hf_dir'] for r in rows)}; "
+                      f"load with transformers.{auto}.from_pretrained(dir), no sortednet needed.", highlight=False)

@@ -45,15 +45,17 @@ def _generate(model: SortedDecoder, prompt_ids: Sequence[int], max_new_tokens: i
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be an int >= 1, not {max_new_tokens!r}")
     context = int(model.config.max_position_embeddings)
-    if len(prompt) >= context:
-        raise UserError(f"the prompt has {len(prompt)} tokens; the model's context is {context}: no room to generate")
+    if len(prompt) > context:
+        raise UserError(f"the prompt has {len(prompt)} tokens; the model's context is {context}")
     limit = min(max_new_tokens, context - len(prompt))
     ids = torch.tensor([prompt], device=model.hf.device)
     started = time.perf_counter()
-    out = model.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=limit, min_new_tokens=limit,
-                            do_sample=False, eos_token_id=None, pad_token_id=0, **options)
+    tokens: list[int] = []
+    if limit > 0:
+        out = model.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=limit, min_new_tokens=limit,
+                                do_sample=False, eos_token_id=None, pad_token_id=0, **options)
+        tokens = out[0, len(prompt):].tolist()
     seconds = time.perf_counter() - started
-    tokens = out[0, len(prompt):].tolist()
     stats = {"mode": mode, "new_tokens": len(tokens), "seconds": seconds,
              "tokens_per_second": len(tokens) / seconds if seconds > 0 else 0.0,
              "stop_reason": "max_new_tokens" if limit == max_new_tokens else "context_limit"}

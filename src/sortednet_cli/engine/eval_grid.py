@@ -132,7 +132,7 @@ def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data:
     return {metric.name: cache[key], "source": f"full model of {run}"}
 
 
-def grid_row(model: nn.Module, sub: SubModel, score: float, baseline: float, task: Task, eval_cfg) -> dict:
+def grid_row(model: nn.Module, sub: SubModel, score: float, baseline: float, task: Task, eval_cfg, details: Optional[dict] = None) -> dict:
     small = model.extract(sub).eval()  # the sub-model as a deployment would run it
     metric = task.metric
     row = {
@@ -141,6 +141,7 @@ def grid_row(model: nn.Module, sub: SubModel, score: float, baseline: float, tas
         "params": sum(p.numel() for p in small.parameters()),
         "mflops": round(mflops_per_example(model, sub, task.example_input(1)), 4),
         metric.name: score,
+        **(details or {}),
         "relative": metric.relative(score, baseline),
         "latency_ms_bs1": None,
         "latency_ms_bs256": None,
@@ -170,10 +171,11 @@ def run_grid(
     method = eval_cfg.method.value
     console.print(f"evaluating {len(pool)} sub-models on {data.eval_size} examples (method {method}, bn {eval_cfg.bn.value})", highlight=False)
     start = time.perf_counter()
-    scores = evaluate_pool(model, pool, data, eval_cfg, method)
+    details: dict = {}
+    scores = evaluate_pool(model, pool, data, eval_cfg, method, details)
     eval_seconds = time.perf_counter() - start
     baseline = resolve_baseline(eval_cfg.baseline, model, scores, data, eval_cfg, method, device)
-    rows = [grid_row(model, sub, scores[sub], baseline[metric.name], data.task, eval_cfg) for sub in pool]
+    rows = [grid_row(model, sub, scores[sub], baseline[metric.name], data.task, eval_cfg, details.get(sub)) for sub in pool]
 
     full = full_submodel(model.depth_limits)
     meta = {
@@ -187,6 +189,7 @@ def run_grid(
         "eval_seconds": eval_seconds,
         "baseline": baseline,
         "metric": metric.to_dict(),
+        "extra_columns": list(details[pool.largest]) if details else [],
         "full": {"width": full.width, "depth": format_depth(full.depth)},
     }
     write_grid(rows, meta, run_dir)

@@ -65,6 +65,13 @@ def export_one(model: nn.Module, sub: SubModel, calib_batches, recalibrate_bn: b
     return {"width": sub.width, "depth": format_depth(sub.depth), "params": params, "bytes": os.path.getsize(path), "path": str(path)}
 
 
+def export_hf_dir(model: nn.Module, sub: SubModel, tokenizer, out_dir: Path) -> Path:
+    """A library-backed sub-model as a standard Hugging Face model directory beside its .pt."""
+    directory = out_dir / f"w{sub.width:g}_d{format_depth(sub.depth)}"
+    model.export_hf(sub, directory, tokenizer)
+    return directory
+
+
 def load_exported(path: str | os.PathLike) -> nn.Module:
     """An exported sub-model as a plain torch.nn.Module in eval mode (`model(x)` runs it)."""
     blob = load_checkpoint(path, expected_format=EXPORT_FORMAT)

@@ -43,6 +43,9 @@ class Job:
 
     @property
     def pool(self) -> Optional[str]:
+        """The pool trained (train runs) or evaluated (eval-grid runs)."""
+        if "trainer" not in self.config:
+            return (self.grid_meta or {}).get("pool")
         return (self.summary or {}).get("pool") or self.config.get("pool", {}).get("name")
 
     @property
@@ -128,8 +131,8 @@ def load_job(run_dir: Path, name: str) -> Job:
     if not (hydra_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a train run directory (no .hydra/config.yaml)")
     config = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
-    if "trainer" not in config:
-        raise UserError(f"{run_dir} is not a train run directory (its config has no trainer)")
+    if "trainer" not in config and not (run_dir / "grid.csv").is_file():
+        raise UserError(f"{run_dir} is neither a train run directory nor an eval-grid one (no trainer in its config, no grid.csv)")
     overrides_path = hydra_dir / "overrides.yaml"
     overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.is_file() else []
     summary = read_json(run_dir / "summary.json")
@@ -140,6 +143,9 @@ def load_job(run_dir: Path, name: str) -> Job:
         except UserError:  # being written right now
             pass
     selected = read_json(run_dir / "selected.json")
+    if "trainer" not in config:  # an eval-grid run: a grid of some checkpoint, nothing trained here
+        source = (grid_meta or {}).get("checkpoint", "a checkpoint")
+        return Job(name, run_dir, overrides, config, summary, grid, grid_meta, selected, "complete", f"eval-grid of {source}")
     status, note = job_status(run_dir, summary, bool(config["trainer"].get("eval_grid", False)), grid is not None)
     return Job(name, run_dir, overrides, config, summary, grid, grid_meta, selected, status, note)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -23,7 +24,9 @@ def mflops_per_example(model: nn.Module, sub: SubModel, example: Any) -> float:
 
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter:
+    # Models with attention kernels the counter cannot see switch to countable ones for it.
+    counting = getattr(model, "countable_attention", contextlib.nullcontext)
+    with counting(), FlopCounterMode(display=False) as counter:
         model(example, sub)
     model.train(was_training)
     return counter.get_total_flops() / 1e6

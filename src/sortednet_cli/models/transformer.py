@@ -14,9 +14,10 @@ CNN commands should not pay.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -94,6 +95,16 @@ class SortedTransformer(nn.Module):
 
     def recalibrated_norms(self) -> list[nn.Module]:
         return []
+
+    @contextlib.contextmanager
+    def countable_attention(self) -> Iterator[None]:
+        """Eager attention while FLOPs are counted: torch's FLOP counter does not see CPU
+        scaled-dot-product attention, so counts would leave attention out."""
+        previous = hf_compat.use_eager_attention(self.hf)
+        try:
+            yield
+        finally:
+            hf_compat.restore_attention(self.hf, previous)
 
     def block_module(self, stage: int, index: int) -> nn.Module:
         return self.layers[index]

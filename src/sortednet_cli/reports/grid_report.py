@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from rich.table import Table
 
@@ -15,13 +15,14 @@ from ..sorted.submodel import depth_order_key, parse_depth
 from ..tasks.base import Metric
 
 
-def grid_columns(metric_name: str) -> list[str]:
-    """grid.csv's columns: the metric's is named by the task ("accuracy" for image tasks)."""
-    return ["width", "depth", "params", "mflops", metric_name, "relative", "latency_ms_bs1", "latency_ms_bs256"]
+def grid_columns(metric_name: str, extra: Sequence[str] = ()) -> list[str]:
+    """grid.csv's columns: the metric's is named by the task ("accuracy" for image tasks); a
+    task's secondary figures (perplexity, F1's accuracy, ms per decoded token) follow it."""
+    return ["width", "depth", "params", "mflops", metric_name, *extra, "relative", "latency_ms_bs1", "latency_ms_bs256"]
 
 
 def write_grid(rows: list[dict], meta: dict, run_dir: Path) -> None:
-    columns = grid_columns(meta["metric"]["name"])
+    columns = grid_columns(meta["metric"]["name"], meta.get("extra_columns", ()))
     with open(run_dir / "grid.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
@@ -46,7 +47,7 @@ def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path, Metric]:
     meta_path = path.with_suffix(".json")
     meta = read_json(meta_path)
     metric = Metric.from_dict((meta or {}).get("metric"))
-    columns = grid_columns(metric.name)
+    columns = grid_columns(metric.name, (meta or {}).get("extra_columns", ()))
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]

@@ -378,3 +378,8 @@ class GlueMeter:
 
     def value(self) -> float:
         return self.values()[self.spec.metric]
+
+    def details(self) -> dict[str, float]:
+        """The extras alone (the grid's columns beside the headline)."""
+        values = self.values()
+        return {name: values[name] for name in self.spec.extra_metrics}

@@ -16,6 +16,9 @@ that decoding gives back the text exactly.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 from typing import Iterable, Optional
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -47,12 +50,28 @@ def _wrap(
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """BERT's uncased WordPiece tokenizer."""
+    """BERT's uncased WordPiece tokenizer over a vocabulary built deterministically from the
+    texts: the special tokens, every character (as a word start and as a '##' continuation),
+    then whole words by frequency (ties alphabetical) up to `vocab_size`; a word outside it
+    falls back to its characters. The library's WordPieceTrainer breaks ties in a different
+    order in every process, so two runs with the same seed would get different tokenizers."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({ch for word in counts for ch in word})
+    vocab = specials + characters + [f"##{ch}" for ch in characters]
+    known = set(vocab)
+    for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in known:
+            vocab.append(word)
+    backend = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -121,11 +140,20 @@ def tokenizer_kind(tokenizer: PreTrainedTokenizerFast) -> str:
     raise ValueError(f"not a sortednet tokenizer: {type(backend.model).__name__} model")
 
 
+def _without_call_settings(tokenizer_json: str) -> str:
+    """The backend remembers the truncation and padding of its last call; the state must not
+    depend on which texts were encoded last."""
+    data = json.loads(tokenizer_json)
+    data["truncation"] = None
+    data["padding"] = None
+    return json.dumps(data, ensure_ascii=False)
+
+
 def tokenizer_state(tokenizer: PreTrainedTokenizerFast) -> dict:
     """Plain JSON data that rebuilds the tokenizer (`tokenizer_from_state`): kept in checkpoints."""
     return {
         "kind": tokenizer_kind(tokenizer),
-        "tokenizer_json": tokenizer.backend_tokenizer.to_str(),
+        "tokenizer_json": _without_call_settings(tokenizer.backend_tokenizer.to_str()),
         "special_tokens": {name: str(getattr(tokenizer, name)) for name in SPECIAL_TOKEN_ATTRIBUTES if getattr(tokenizer, name) is not None},
         "model_input_names": list(tokenizer.model_input_names),
         "model_max_length": tokenizer.model_max_length,

@@ -1,0 +1,130 @@
+"""Decoding speed of every mode against full greedy, in one process on the same prompts.
+
+Speed-ups of self-speculation depend on the acceptance rate, so each speculative row carries it,
+and each lossless claim is checked (`identical`: the same tokens as full greedy on every prompt).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ..models.transformer import SortedDecoder
+from .engine import DraftLen, ExitDecoder, Generation, teacher_forced_agreement
+from .library import library_assistant_early_exit, library_greedy
+
+WARMUP_TOKENS = 8
+Runner = Callable[[list[int], int], Generation]
+
+
+def _measure(run: Runner, prompts: list[list[int]], max_new_tokens: int) -> tuple[dict, list[Generation]]:
+    """Total tokens over total generation time on every prompt, after one short warm-up (first
+    calls pay for allocations and lazy initialisation)."""
+    run(prompts[0], min(WARMUP_TOKENS, max_new_tokens))
+    generations = [run(prompt, max_new_tokens) for prompt in prompts]
+    tokens = sum(len(g.tokens) for g in generations)
+    seconds = sum(g.stats["seconds"] for g in generations)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}, generations
+
+
+def _pooled_agreement(model: SortedDecoder, prompts: list[list[int]], generations: list[Generation]) -> float:
+    """Teacher-forced agreement with the full model over all generated tokens of all prompts."""
+    agreeing = sum(teacher_forced_agreement(model, p, g.tokens) * len(g.tokens) for p, g in zip(prompts, generations))
+    return agreeing / sum(len(g.tokens) for g in generations)
+
+
+def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, exits: Sequence[int] = (),
+                 thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[int, DraftLen]] = (),
+                 library_exits: Sequence[int] = ()) -> dict:
+    """Rows for full greedy (the reference), each exit alone, early exit at each threshold,
+    self-speculation at each (draft exit, draft length), and transformers' greedy and
+    assistant_early_exit at each exit (library defaults for its draft length); each with
+    speedup = its tokens/s over full greedy's. "pick" is the fastest lossless setting."""
+    prompts = [[int(t) for t in p] for p in prompts]
+    decoder = ExitDecoder(model)
+    reference, full_runs = _measure(lambda p, n: decoder.full(p, n), prompts, max_new_tokens)
+    greedy_tokens = [g.tokens for g in full_runs]
+    rows = [{"mode": "full", "label": "full greedy", **reference}]
+
+    def identical(generations: list[Generation]) -> bool:
+        return all(g.tokens == expected for g, expected in zip(generations, greedy_tokens))
+
+    for depth in exits:
+        row, runs = _measure(lambda p, n: decoder.exit(p, n, depth), prompts, max_new_tokens)
+        rows.append({"mode": "exit", "label": f"exit {depth}", "exit": depth, **row,
+                     "agreement": _pooled_agreement(model, prompts, runs)})
+    for threshold in thresholds:
+        row, runs = _measure(lambda p, n: decoder.early_exit(p, n, threshold), prompts, max_new_tokens)
+        exits_used = [e for g in runs for e in g.stats["exits_used"]]
+        rows.append({"mode": "early_exit", "label": f"early exit t={threshold:g}", "threshold": threshold, **row,
+                     "mean_exit_layer": sum(exits_used) / len(exits_used),
+                     "agreement": _pooled_agreement(model, prompts, runs)})
+    for draft_exit, draft_len in speculative_settings:
+        row, runs = _measure(lambda p, n: decoder.speculative(p, n, draft_exit, draft_len), prompts, max_new_tokens)
+        drafted = sum(g.stats["drafted"] for g in runs)
+        accepted = sum(g.stats["accepted"] for g in runs)
+        rows.append({"mode": "speculative", "label": f"E={draft_exit} K={draft_len}", "draft_exit": draft_exit,
+                     "draft_len": draft_len, **row, "acceptance_rate": accepted / drafted if drafted else None,
+                     "tokens_per_verification": row["tokens"] / sum(g.stats["rounds"] for g in runs),
+                     "identical": identical(runs)})
+    row, runs = _measure(lambda p, n: library_greedy(model, p, n), prompts, max_new_tokens)
+    rows.append({"mode": "library_greedy", "label": "transformers greedy", **row, "identical": identical(runs)})
+    for depth in library_exits:
+        row, runs = _measure(lambda p, n: library_assistant_early_exit(model, p, n, depth), prompts, max_new_tokens)
+        rows.append({"mode": "library_assistant_early_exit", "label": f"transformers E={depth}", "exit": depth, **row,
+                     "identical": identical(runs)})
+    for row in rows:
+        row["speedup"] = row["tokens_per_second"] / reference["tokens_per_second"] if reference["tokens_per_second"] else 0.0
+    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers),
+            "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows)}
+
+
+def _pick(rows: list[dict]) -> dict:
+    """The fastest of full greedy and the speculative settings that reproduced it exactly."""
+    full = rows[0]
+    speculative = [r for r in rows if r["mode"] == "speculative"]
+    lossless = [r for r in speculative if r["identical"]]
+    best = max([full, *lossless], key=lambda r: r["tokens_per_second"])
+    if best is not full:
+        reason = (f"{best['label']}: {best['speedup']:.2f}x full greedy at {100 * (best['acceptance_rate'] or 0):.0f}% "
+                  f"acceptance, token-identical on every prompt")
+    elif not speculative:
+        reason = "full greedy: no self-speculative setting was measured"
+    elif not lossless:
+        reason = "full greedy: no self-speculative setting reproduced its output (check the dtype: float32 is exact)"
+    else:
+        fastest = max(lossless, key=lambda r: r["tokens_per_second"])
+        reason = f"full greedy: the fastest lossless speculative setting, {fastest['label']}, reached only {fastest['speedup']:.2f}x"
+    return {"label": best["label"], "mode": best["mode"], "speedup": best["speedup"], "reason": reason}
+
+
+def plot_decode(result: dict, path: Union[str, Path], title: Optional[str] = None) -> None:
+    """Speed-up against acceptance rate of the speculative settings, with full greedy (1.0) and
+    the best transformers assistant_early_exit as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    points = [r for r in rows if r["mode"] == "speculative" and r["acceptance_rate"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.scatter([100 * r["acceptance_rate"] for r in points], [r["speedup"] for r in points],
+               color=["#1f77b4" if r["identical"] else "#d62728" for r in points], s=22, zorder=3)
+    for r in points:
+        ax.annotate(r["label"], (100 * r["acceptance_rate"], r["speedup"]), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    ax.axhline(1.0, color="black", lw=1, label="full greedy (ours)")
+    library = [r for r in rows if r["mode"] == "library_assistant_early_exit"]
+    if library:
+        best = max(library, key=lambda r: r["speedup"])
+        ax.axhline(best["speedup"], color="#ff7f0e", ls="--", lw=1, label=f"{best['label']} assistant_early_exit")
+    ax.set_xlabel("acceptance rate (%)")
+    ax.set_ylabel("speed-up over full greedy (tokens/s)")
+    ax.set_title(title or f"self-speculative decoding, {result['prompts']} prompts x {result['max_new_tokens']} tokens", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,243 @@
+"""Decoding with exits on a tiny Sorted LLaMA trained here on Tiny Shakespeare characters.
+
+Self-speculation must reproduce full greedy token for token, the cached exit path must equal a
+recomputation from scratch, and the keys/values that early exit fills late must equal a full
+forward's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from sortednet_cli.decode import DraftSchedule, ExitDecoder, library_assistant_early_exit, library_greedy, teacher_forced_agreement
+from sortednet_cli.decode.bench import bench_decode, plot_decode
+from sortednet_cli.errors import UserError
+from sortednet_cli.models import hf_compat
+from sortednet_cli.models.transformer import TokenBatch, build_from_parts
+from sortednet_cli.sorted.submodel import SubModel
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
+FALLBACK_TEXT = """First Citizen:
+Before we proceed any further, hear me speak.
+
+All:
+Speak, speak.
+
+First Citizen:
+You are all resolved rather to die than to famish?
+
+All:
+Resolved. resolved.
+
+First Citizen:
+First, you know Caius Marcius is chief enemy to the people.
+
+All:
+We know't, we know't.
+
+First Citizen:
+Let us kill him, and we'll have corn at our own price.
+Is't a verdict?
+
+All:
+No more talking on't; let it be done: away, away!
+"""
+LAYERS, CONTEXT, BLOCK, STEPS = 4, 256, 64, 250
+PROMPTS = ["ROMEO:\nWhat ", "First Citizen:\nWe are ", "\n\nKING"]
+LENGTHS = (1, 7, 40, 100)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """(model, stoi): 4 layers x 32, trained with the Sorted LLaMA loss (mean cross-entropy of
+    every exit through the shared norm and head)."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    text = SHAKESPEARE.read_text()[:200_000] if SHAKESPEARE.exists() else FALLBACK_TEXT * 20
+    stoi = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    data = torch.tensor([stoi[ch] for ch in text])
+    config = LlamaConfig(vocab_size=len(stoi), hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=CONTEXT)
+    model = build_from_parts("llama", config, sort_heads=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(STEPS):
+        starts = torch.randint(0, len(data) - BLOCK - 1, (16,))
+        x = torch.stack([data[s:s + BLOCK] for s in starts])
+        y = torch.stack([data[s + 1:s + BLOCK + 1] for s in starts])
+        state = model.run_stem(TokenBatch(x), 1.0)
+        loss = 0.0
+        for index in range(LAYERS):
+            state = model.run_block(0, index, state, 1.0)
+            logits = model.run_head(state, 1.0)
+            loss = loss + torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        optimizer.zero_grad()
+        (loss / LAYERS).backward()
+        optimizer.step()
+    return model.eval(), stoi
+
+
+@pytest.fixture(scope="module")
+def decoder(trained):
+    return ExitDecoder(trained[0])
+
+
+@pytest.fixture(scope="module")
+def prompts(trained):
+    stoi = trained[1]
+    return [[stoi[ch] for ch in text if ch in stoi] for text in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def greedy(decoder, prompts):
+    """Full greedy output of every prompt at every length."""
+    return {(i, n): decoder.full(p, n).tokens for i, p in enumerate(prompts) for n in LENGTHS}
+
+
+def full_forward_cache(model, ids: list[int]) -> hf_compat.LayerCache:
+    """The keys/values of every layer from one plain forward over `ids`."""
+    cache = hf_compat.LayerCache(LAYERS)
+    with torch.no_grad():
+        hidden = hf_compat.decoder_embed(model.hf, torch.tensor([ids]))
+        pe = hf_compat.rotary(model.hf, hidden, torch.arange(len(ids))[None])
+        mask = hf_compat.additive_mask(None, len(ids), len(ids), hidden.dtype, hidden.device, causal=True)
+        for layer in model.layers:
+            hidden = hf_compat.run_decoder_layer(layer, hidden, mask, pe, cache)
+    return cache
+
+
+@pytest.mark.parametrize("draft_exit", [1, 2, 3])
+def test_speculative_is_token_identical_to_full_greedy(decoder, prompts, greedy, draft_exit):
+    for i, prompt in enumerate(prompts):
+        for length in LENGTHS:
+            for draft_len in (1, 3, 5, "auto"):
+                result = decoder.speculative(prompt, length, draft_exit, draft_len)
+                assert result.tokens == greedy[i, length], (i, length, draft_len)
+                stats = result.stats
+                assert stats["accepted"] <= stats["drafted"]
+                assert stats["tokens_per_verification"] == pytest.approx(length / stats["rounds"])
+
+
+def test_exit_mode_equals_recomputing_the_exit_from_scratch(trained, decoder, prompts):
+    model = trained[0]
+    for depth in range(1, LAYERS + 1):
+        result = decoder.exit(prompts[0], 12, depth)
+        ids = list(prompts[0])
+        with torch.no_grad():
+            for token in result.tokens:
+                expected = int(model(TokenBatch(torch.tensor([ids])), SubModel(1.0, (depth,)))[0, -1].argmax())
+                assert token == expected
+                ids.append(token)
+        assert result.stats["exit"] == depth
+
+
+def test_early_exit_at_threshold_one_is_full_greedy(decoder, prompts, greedy):
+    result = decoder.early_exit(prompts[1], 40, threshold=1.0)
+    assert set(result.stats["exits_used"]) == {LAYERS}  # no exit reached probability 1.0 exactly
+    assert result.tokens == greedy[1, 40]
+
+
+def test_early_exit_fills_skipped_layers_with_exact_keys_and_values(trained, decoder, prompts):
+    model = trained[0]
+    prompt = prompts[0]
+    result = decoder.early_exit(prompt, 60, threshold=0.5)
+    exits_used = result.stats["exits_used"]
+    assert min(exits_used) < LAYERS, "no token exited early: lower the threshold"
+    cache = decoder.cache
+    lengths = [cache.length(layer) for layer in range(LAYERS)]
+    assert lengths == sorted(lengths, reverse=True)  # every layer holds a prefix of the sequence
+    # Position len(prompt) - 1 + i predicted token i; some early-exited positions were filled later.
+    filled_late = [i for i, e in enumerate(exits_used) if e < LAYERS and len(prompt) - 1 + i < lengths[-1]]
+    assert filled_late
+    reference = full_forward_cache(model, prompt + result.tokens[:-1])
+    for layer in range(LAYERS):
+        n = lengths[layer]
+        torch.testing.assert_close(cache.keys[layer], reference.keys[layer][..., :n, :], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache.values[layer], reference.values[layer][..., :n, :], rtol=1e-5, atol=1e-5)
+    agreement = teacher_forced_agreement(model, prompt, result.tokens)
+    assert 0.0 <= agreement <= 1.0
+    assert result.stats["mean_exit_layer"] == pytest.approx(sum(exits_used) / len(exits_used))
+
+
+def test_teacher_forced_agreement_of_full_greedy_is_one(trained, prompts, greedy):
+    assert teacher_forced_agreement(trained[0], prompts[2], greedy[2, 40]) == 1.0
+
+
+def test_sampling_is_reproducible_with_a_seed(decoder, prompts, greedy):
+    first = decoder.full(prompts[0], 40, temperature=0.9, top_k=10, seed=3).tokens
+    assert decoder.full(prompts[0], 40, temperature=0.9, top_k=10, seed=3).tokens == first
+    assert decoder.full(prompts[0], 40, temperature=0.9, top_k=10, seed=4).tokens != first
+    assert decoder.full(prompts[0], 40, temperature=0.9, top_k=1, seed=5).tokens == greedy[0, 40]
+
+
+def test_stops_at_eos_and_at_the_context_limit(decoder, prompts, greedy):
+    expected = greedy[0, 40]
+    eos = expected[5]
+    stop = expected.index(eos) + 1
+    for result in (decoder.full(prompts[0], 40, eos_id=eos), decoder.speculative(prompts[0], 40, 2, 4, eos_id=eos)):
+        assert result.tokens == expected[:stop] and result.stats["stop_reason"] == "eos"
+    long_prompt = (prompts[1] * CONTEXT)[: CONTEXT - 5]
+    full = decoder.full(long_prompt, 20)
+    assert len(full.tokens) == 5 and full.stats["stop_reason"] == "context_limit" and full.stats["context_limit"] == CONTEXT
+    assert decoder.speculative(long_prompt, 20, 3, "auto").tokens == full.tokens
+    assert decoder.full((prompts[1] * CONTEXT)[:CONTEXT], 3).tokens == []
+
+
+def test_library_baselines_match_full_greedy(trained, prompts, greedy):
+    model = trained[0]
+    assert library_greedy(model, prompts[0], 40).tokens == greedy[0, 40]
+    result = library_assistant_early_exit(model, prompts[0], 40, exit=3, draft_len=4, schedule="heuristic")
+    assert result.tokens == greedy[0, 40] and result.stats["tokens_per_second"] > 0
+    assert model.hf.generation_config.num_assistant_tokens is None  # restored after the call
+
+
+def test_trained_exit_three_of_four_gets_drafts_accepted(decoder, prompts):
+    assert decoder.speculative(prompts[0], 100, 3, 4).stats["acceptance_rate"] > 0
+
+
+def test_auto_draft_length_schedule():
+    schedule = DraftSchedule("auto", 4)
+    schedule.update(4, 4)
+    assert schedule.length == 6
+    schedule.update(6, 2)
+    assert schedule.length == 5
+    for _ in range(10):
+        schedule.update(schedule.length, schedule.length)
+    assert schedule.length == DraftSchedule.MAX
+    fixed = DraftSchedule(3)
+    fixed.update(3, 3)
+    assert fixed.length == 3
+
+
+@pytest.mark.parametrize("call", [
+    lambda d, p: d.exit(p, 5, 0),
+    lambda d, p: d.exit(p, 5, LAYERS + 1),
+    lambda d, p: d.speculative(p, 5, 2, 0),
+    lambda d, p: d.speculative(p, 5, 2, "fast"),
+    lambda d, p: d.speculative(p, 5, 2, 2.5),
+    lambda d, p: d.speculative(p, 5, LAYERS, 3),
+    lambda d, p: d.early_exit(p, 5, 0.0),
+    lambda d, p: d.early_exit(p, 5, 1.5),
+    lambda d, p: d.early_exit(p, 5, 0.9, exits=[0, 2]),
+    lambda d, p: d.full([], 5),
+    lambda d, p: d.full(p, 0),
+    lambda d, p: d.full(p, 5, temperature=-1.0),
+])
+def test_bad_input_is_a_user_error(decoder, prompts, call):
+    with pytest.raises(UserError) as info:
+        call(decoder, prompts[0])
+    assert "\n" not in str(info.value)
+
+
+def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts, tmp_path):
+    result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4), (2, "auto")],
+                          library_exits=[3])
+    modes = [row["mode"] for row in result["rows"]]
+    assert modes == ["full", "exit", "early_exit", "speculative", "speculative", "library_greedy", "library_assistant_early_exit"]
+    assert all(row["identical"] for row in result["rows"] if "identical" in row)
+    assert result["rows"][0]["speedup"] == 1.0
+    assert result["pick"]["mode"] in ("full", "speculative") and result["pick"]["reason"]
+    plot_decode(result, tmp_path / "decode.png")
+    assert (tmp_path / "decode.png").stat().st_size > 0

@@ -1,0 +1,198 @@
+"""The Transformer families end to end through the same commands as the CNNs: train (with the
+all-exits update), resume, eval-grid, export to standard Hugging Face directories, pretrained
+weights, and the paper's truncation comparison. Tiny models (2 layers, hidden 32) on tiny text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from sortednet_cli.engine import train as train_module
+from sortednet_cli.engine.checkpoint import load_checkpoint
+from sortednet_cli.engine.train import train
+from sortednet_cli.errors import UserError
+from sortednet_cli.tasks.text.glue_data import glue_spec, read_split
+from sortednet_cli.tasks.text.tokenizers import train_wordpiece
+
+from conftest import TINY_TEXT_TRAINING, compose_config, run_cli, tiny_text_overrides
+
+
+def quiet():
+    return Console(file=io.StringIO(), width=120)
+
+
+@pytest.fixture
+def text_run(tmp_path, glue_root, text_path):
+    def run(family: str, *extra: str, name: str = "run"):
+        cfg = compose_config("train", [*tiny_text_overrides(family, glue_root, text_path), *TINY_TEXT_TRAINING, *extra])
+        return train(cfg, tmp_path / name, console=quiet())
+
+    return run
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_all_exits_logs_every_exit_and_trains_the_mean(text_run):
+    result = text_run("bert", "pool=enc_tiny", "trainer.update=all_exits", "trainer.max_steps=4")
+    rows = read_csv(result.run_dir / "metrics.csv")
+    # Each step draws one width and trains both of its exits (depth 1 and 2) on one batch.
+    assert len(rows) == 4 * 2
+    for step in range(1, 5):
+        exits = [r for r in rows if int(r["step"]) == step]
+        assert [r["depth"] for r in exits] == ["1", "2"] and len({r["width"] for r in exits}) == 1
+    grid = read_csv(result.run_dir / "grid.csv")
+    assert len(grid) == 4 and "relative" in grid[0]
+
+
+def test_all_exits_gradient_is_the_mean_of_the_exits():
+    from sortednet_cli.models.transformer import TokenBatch, build_from_parts, library_classes
+    from sortednet_cli.sorted.exits import AllExits
+    from sortednet_cli.sorted.pool import build_pool
+    from sortednet_cli.sorted.submodel import SubModel
+
+    config_class, _, _ = library_classes("llama")
+    model = build_from_parts("llama", config_class(vocab_size=30, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=40), False)
+    ids = torch.randint(0, 30, (2, 9))
+    inputs, targets = TokenBatch(ids[:, :-1]), ids[:, 1:]
+    loss = lambda logits, t: F.cross_entropy(logits.flatten(0, 1), t.flatten())  # noqa: E731
+    exits = AllExits(build_pool("p", [0.5], "all", (3,)), loss)
+    sub = SubModel(0.5, (3,))
+    exits.loss(sub, exits.forward(model, sub, inputs), targets).mean().backward()
+    shared = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    sum(loss(model(inputs, SubModel(0.5, (k,))), targets) for k in (1, 2, 3)).div(3).backward()
+    for a, p in zip(shared, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family,extra", [("bert", ["pool=enc_tiny"]), ("llama", ["pool=exits_tiny", "trainer.max_steps=12"])])
+def test_interrupted_and_resumed_text_run_is_exact(text_run, tmp_path, monkeypatch, family, extra):
+    """Dropout, sampled sub-models, shuffled or windowed batches and the tokenizer all come back."""
+    overrides = [*extra, "trainer.log_every=3", "trainer.epochs=2", "trainer.eval_grid=false"]
+    text_run(family, *overrides, name="straight")
+    calls = {"n": 0}
+    original = train_module.sorted_update
+
+    def update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            train_module.signal.raise_signal(train_module.signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sorted_update", update)
+    assert text_run(family, *overrides, name="stopped").interrupted
+    monkeypatch.undo()
+    text_run(family, *overrides, f"resume={tmp_path / 'stopped'}", name="elsewhere")
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
+    assert a["step"] == b["step"] and a["task"] == b["task"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    losses = lambda run: [(r["step"], r["depth"], r["loss"]) for r in read_csv(tmp_path / run / "metrics.csv")]  # noqa: E731
+    assert losses("straight") == losses("stopped")
+
+
+def exported_accuracy(directory: Path, glue_root: Path) -> float:
+    """The accuracy of an exported directory on the dev file, with transformers alone."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    examples = read_split(glue_root / "dev.tsv", glue_spec("sst2"))
+    encoded = tokenizer(examples.text_a, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        predictions = model(**encoded).logits.argmax(-1)
+    return (predictions == torch.tensor(examples.labels)).float().mean().item()
+
+
+def test_encoder_grid_export_and_truncation_compare(tmp_path, glue_root, text_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = [*tiny_text_overrides("bert", glue_root, text_path), *TINY_TEXT_TRAINING, "trainer.epochs=3"]
+    code, out, err = run_cli(["train", *base, "pool=enc_grid", "trainer.update=all_exits", f"hydra.run.dir={tmp_path / 'sorted'}"], capsys)
+    assert code == 0, err
+    grid = {(float(r["width"]), r["depth"]): r for r in read_csv(tmp_path / "sorted" / "grid.csv")}
+    assert len(grid) == 8 and float(grid[(1.0, "2")]["accuracy"]) > 0.6  # the words decide the label
+    meta = json.loads((tmp_path / "sorted" / "grid.json").read_text())
+    assert meta["metric"]["name"] == "accuracy"
+
+    code, out, err = run_cli(["export", f"checkpoint={tmp_path / 'sorted'}", "sub=one", "sub.width=0.5", "sub.depth=1", f"hydra.run.dir={tmp_path / 'exported'}"], capsys)
+    assert code == 0, err
+    directory = tmp_path / "exported" / "w0.5_d1"
+    config = json.loads((directory / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["intermediate_size"] == 32 and (directory / "model.safetensors").is_file()
+    assert exported_accuracy(directory, glue_root) == pytest.approx(float(grid[(0.5, "1")]["accuracy"]), abs=1.5 / 60)
+
+    # The paper's comparison: an ordinarily trained model, truncated, against the sorted one.
+    code, out, err = run_cli(["train", *base, "pool=full", f"hydra.run.dir={tmp_path / 'ordinary'}"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["eval-grid", f"checkpoint={tmp_path / 'ordinary'}", "pool=enc_depth", f"hydra.run.dir={tmp_path / 'truncated'}"], capsys)
+    assert code == 0, err
+    assert [r["depth"] for r in read_csv(tmp_path / "truncated" / "grid.csv")] == ["1", "2"]
+    runs = f"runs=[{tmp_path / 'ordinary'},{tmp_path / 'truncated'},{tmp_path / 'sorted'}]"
+    code, out, err = run_cli(["report", runs, f"hydra.run.dir={tmp_path / 'report'}"], capsys)
+    assert code == 0, err
+    summary = read_csv(tmp_path / "report" / "summary.csv")
+    assert [row["pool"] for row in summary] == ["full", "enc_depth", "enc_grid"]
+    assert (tmp_path / "report" / "grids.png").is_file()
+
+
+def test_decoder_grid_has_perplexity_and_export_reproduces_the_loss(text_run, tmp_path, text_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = text_run("llama", "pool=exits_tiny", "trainer.max_steps=30", "data.eval_windows=20")
+    grid = {(float(r["width"]), r["depth"]): r for r in read_csv(result.run_dir / "grid.csv")}
+    for row in grid.values():
+        assert float(row["perplexity"]) == pytest.approx(math.exp(float(row["loss"])), rel=1e-6)
+    code, out, err = run_cli(["export", f"checkpoint={result.run_dir}", "sub=one", "sub.width=1", "sub.depth=1", f"hydra.run.dir={tmp_path / 'exported'}"], capsys)
+    assert code == 0, err
+    directory = tmp_path / "exported" / "w1_d1"
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    text = text_path.read_text()
+    ids = torch.tensor(tokenizer(text[int(len(text) * 0.9):], add_special_tokens=False)["input_ids"])
+    windows = torch.stack([ids[i * 16:i * 16 + 17] for i in range(20)])
+    with torch.no_grad():
+        logits = model(input_ids=windows[:, :-1]).logits
+    loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item()
+    assert loss == pytest.approx(float(grid[(1.0, "1")]["loss"]), rel=1e-4)
+
+
+def test_pretrained_weights_and_tokenizer_load_offline(text_run, tmp_path, glue_root):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = train_wordpiece([line.split("\t")[0] for line in (glue_root / "train.tsv").read_text().splitlines()[1:]], 120)
+    pretrained = tmp_path / "tiny-bert"
+    BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
+                                             intermediate_size=60, max_position_embeddings=64)).save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    result = text_run("bert", f"model.pretrained={pretrained}", "pool=enc_depth", "trainer.max_steps=3")
+    assert result.model.depth_limits == (3,) and result.model.config.hidden_size == 48
+    assert len(read_csv(result.run_dir / "grid.csv")) == 3
+
+    with pytest.raises(UserError, match="not a bert model directory"):
+        text_run("bert", f"model.pretrained={tmp_path / 'nowhere'}", name="bad")
+    with pytest.raises(UserError, match="holds a bert model, not llama"):
+        text_run("llama", f"model.pretrained={pretrained}", name="bad2")
+
+
+def test_text_tasks_name_bad_input(text_run, tmp_path, glue_root):
+    with pytest.raises(UserError, match="needs a decoder"):
+        text_run("bert", "data=text")
+    with pytest.raises(UserError, match="longer than the model's context"):
+        text_run("llama", "data.block_size=64")
+    with pytest.raises(UserError, match="no such file"):
+        text_run("llama", f"data.path={tmp_path / 'missing.txt'}")
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "train.tsv").write_text((glue_root / "train.tsv").read_text())
+    with pytest.raises(UserError, match="two text columns|sentence1|question"):
+        text_run("bert", f"data.root={tmp_path / 'pairs'}", "data.glue_task=rte")
