@@ -20,6 +20,8 @@ from ..errors import UserError
 from ..models.transformer import SortedDecoder
 from .engine import Generation
 
+SCHEDULES = (None, "constant", "heuristic", "heuristic_transient")
+
 
 @contextmanager
 def _assistant_settings(model: SortedDecoder, draft_len: Optional[int], schedule: Optional[str]) -> Iterator[None]:
@@ -79,6 +81,8 @@ def library_assistant_early_exit(model: SortedDecoder, prompt_ids: Sequence[int]
         raise UserError(f"assistant_early_exit must be in 1..{layers - 1} (the model has {layers} layers), not {exit!r}")
     if draft_len is not None and (isinstance(draft_len, bool) or not isinstance(draft_len, int) or draft_len < 1):
         raise UserError(f"the library's draft length must be an int >= 1, not {draft_len!r}")
+    if schedule not in SCHEDULES:
+        raise UserError(f"the library's draft schedule is one of {', '.join(s for s in SCHEDULES if s)}, not {schedule!r}")
     with _assistant_settings(model, draft_len, schedule):
         generation = _generate(model, prompt_ids, max_new_tokens, "library_assistant_early_exit", assistant_early_exit=exit)
     generation.stats.update(exit=exit, draft_len=draft_len, schedule=schedule)

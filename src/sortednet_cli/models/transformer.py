@@ -300,15 +300,26 @@ for _family in FAMILIES:
     ARCHITECTURES.register(_family)(_rebuild(_family))
 
 
-def load_pretrained(family: str, location: str, **overrides) -> nn.Module:
-    """A library model from a hub id or a local directory, checked to be of `family`."""
-    config_class, model_class, _ = library_classes(family)
+def check_pretrained(family: str, location: str):
+    """The config at a hub id or local directory, checked to be a `family` model."""
+    from transformers import AutoConfig
+
     try:
-        config = config_class.from_pretrained(location, **overrides)
+        config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.pretrained={location}: not a {family} model directory or hub id ({str(exc).splitlines()[0]})") from None
+    config_class, _, _ = library_classes(family)
     if config.model_type != config_class.model_type:
         raise UserError(f"model.pretrained={location} holds a {config.model_type} model, not {family}")
+    return config
+
+
+def load_pretrained(family: str, location: str, **overrides) -> nn.Module:
+    """A library model from a hub id or a local directory, checked to be of `family`."""
+    config = check_pretrained(family, location)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    _, model_class, _ = library_classes(family)
     try:
         return model_class.from_pretrained(location, config=config)
     except (OSError, ValueError) as exc:

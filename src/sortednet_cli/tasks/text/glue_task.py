@@ -83,6 +83,9 @@ class GlueClassification:
         if self.model_cfg.pretrained:
             from transformers import AutoTokenizer
 
+            from ...models.transformer import check_pretrained
+
+            check_pretrained(self.model_cfg.name, self.model_cfg.pretrained)
             try:
                 return AutoTokenizer.from_pretrained(self.model_cfg.pretrained)
             except (OSError, ValueError) as exc:
