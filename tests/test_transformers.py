@@ -196,3 +196,44 @@ def test_text_tasks_name_bad_input(text_run, tmp_path, glue_root, text_path):
     (tmp_path / "pairs" / "train.tsv").write_text((glue_root / "train.tsv").read_text())
     with pytest.raises(UserError, match="two text columns|sentence1|question"):
         text_run("bert", f"data.root={tmp_path / 'pairs'}", "data.glue_task=rte")
+
+
+def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
+    result = text_run("llama", "pool=exits_tiny", "trainer.max_steps=40", "data.eval_windows=10", "optim.lr=3e-3")
+    checkpoint = f"checkpoint={result.run_dir}"
+    outputs = {}
+    for mode in ("full", "exit", "early_exit", "speculative"):
+        code, out, err = run_cli(["generate", checkpoint, "prompt=ROMEO:", f"generate.mode={mode}", "generate.max_new_tokens=12", "generate.threshold=0.5",
+                                  f"hydra.run.dir={tmp_path / mode}"], capsys)
+        assert code == 0, err
+        outputs[mode] = json.loads((tmp_path / mode / "generation.json").read_text())
+        assert out.startswith("ROMEO:") and "tokens/s" in out
+    assert outputs["speculative"]["tokens"] == outputs["full"]["tokens"]  # lossless
+    assert "acceptance" in json.dumps(outputs["speculative"]["stats"])
+    for bad, message in (("generate.mode=exit generate.exit=3", "1..2"), ("generate.mode=speculative generate.draft_len=0", "draft_len"),
+                         ("prompt='ROMEO~'", "never seen")):
+        code, out, err = run_cli(["generate", checkpoint, *bad.split(), f"hydra.run.dir={tmp_path / 'bad'}"], capsys)
+        assert code == 2 and message in err and "Traceback" not in err
+
+    code, out, err = run_cli(["bench-decode", checkpoint, "bench.prompt_count=2", "bench.prompt_tokens=8", "bench.max_new_tokens=10", "bench.draft_lens=[2,auto]",
+                              "bench.thresholds=[0.5]", f"hydra.run.dir={tmp_path / 'bench'}"], capsys)
+    assert code == 0, err
+    decode = json.loads((tmp_path / "bench" / "decode.json").read_text())
+    modes = [row["mode"] for row in decode["rows"]]
+    assert modes.count("speculative") == 2 and modes.count("exit") == 2 and "library_assistant_early_exit" in modes
+    assert all(row["identical"] for row in decode["rows"] if row["mode"] == "speculative")
+    assert (tmp_path / "bench" / "decode.png").is_file() and decode["pick"]["label"]
+
+
+def test_generate_refuses_an_encoder_checkpoint(text_run, tmp_path, capsys):
+    result = text_run("bert", "pool=enc_tiny", "trainer.max_steps=2", "trainer.eval_grid=false")
+    code, out, err = run_cli(["generate", f"checkpoint={result.run_dir}", f"hydra.run.dir={tmp_path / 'g'}"], capsys)
+    assert code == 2 and "need a decoder" in err
+
+
+def test_bench_compares_the_encoder_loop_side_by_side(tmp_path, glue_root, text_path, capsys):
+    code, out, err = run_cli(["bench", *tiny_text_overrides("bert", glue_root, text_path), "bench.quick=true", "bench.batch_size=16", "bench.rounds=2",
+                              "threads=1", f"hydra.run.dir={tmp_path / 'bench'}"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert report["grid_same_metric"] and report["train_speedup"] > 0 and report["kind"] == "text"

@@ -35,6 +35,8 @@ COMMANDS = {
     "describe": "list a pool's sub-models with channels, parameters and MFLOPs",
     "bench": "measure the fast paths against plain PyTorch, side by side (bench.json)",
     "report": "compare the train jobs of a sweep (or given runs): table, loss curves, grids",
+    "generate": "text from a trained decoder: full, one exit, early exit or self-speculative",
+    "bench-decode": "every decoding mode of a trained decoder against full greedy (decode.json)",
 }
 
 CONFIG_PACKAGE = "pkg://sortednet_cli.conf"

@@ -202,6 +202,10 @@ class BenchConfig:
     pool: PoolConfig = MISSING
     data: Any = MISSING
     bench: BenchSettings = field(default_factory=BenchSettings)
+    # Unused here: composed so that a model family's choice of them (model/<family>.yaml) applies.
+    optim: Any = None
+    sched: Any = None
+    trainer: Any = None
     device: Device = Device.auto
     threads: int = 0
     seed: int = 0
@@ -212,6 +216,10 @@ class DescribeConfig:
     model: Any = MISSING
     pool: PoolConfig = MISSING
     data: Any = MISSING  # the task's example input is what FLOPs are counted on
+    # Unused here: composed so that a model family's choice of them (model/<family>.yaml) applies.
+    optim: Any = None
+    sched: Any = None
+    trainer: Any = None
 
 
 @dataclass
@@ -226,6 +234,57 @@ class ReportConfig:
     smooth: Optional[int] = None
 
 
+class DecodeMode(str, Enum):
+    full = "full"  # the whole model, greedy or sampled
+    exit = "exit"  # one fixed exit's own language model
+    early_exit = "early_exit"  # per token, the first exit confident enough (lossy)
+    speculative = "speculative"  # the first layers draft, the full model verifies (lossless, greedy)
+
+
+@dataclass
+class GenerateSettings:
+    mode: DecodeMode = DecodeMode.full
+    max_new_tokens: int = 200
+    temperature: float = 0.0  # 0: greedy; mode=full and exit only
+    top_k: Optional[int] = None
+    seed: int = 0
+    exit: Optional[int] = None  # mode=exit: the exit layer (null: half the depth)
+    threshold: float = 0.9  # mode=early_exit: the confidence (top probability) that stops a token
+    draft_exit: Optional[int] = None  # mode=speculative: the layers that draft (null: a quarter of the depth)
+    draft_len: Any = "auto"  # tokens drafted per verification, or auto (adapted from acceptance)
+
+
+@dataclass
+class GenerateConfig:
+    # A train run directory or .pt of model=llama; null: the newest train run under outputs/.
+    checkpoint: Optional[str] = None
+    prompt: str = "ROMEO:"
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    device: Device = Device.cpu
+    threads: int = 0  # CPU threads, 0 = torch's default
+
+
+@dataclass
+class BenchDecodeSettings:
+    prompts: List[str] = field(default_factory=list)  # empty: prompt_count windows of the validation text
+    prompt_count: int = 4
+    prompt_tokens: int = 32
+    max_new_tokens: int = 200
+    exits: Optional[List[int]] = None  # each exit alone; null: every exit
+    thresholds: List[float] = field(default_factory=lambda: [0.95, 0.9, 0.8])
+    draft_exits: Optional[List[int]] = None  # null: about a quarter, a third and half of the depth
+    draft_lens: List[Any] = field(default_factory=lambda: [2, 4, 8, "auto"])
+    library_exits: Optional[List[int]] = None  # transformers' assistant_early_exit; null: the draft exits
+
+
+@dataclass
+class BenchDecodeConfig:
+    checkpoint: Optional[str] = None
+    bench: BenchDecodeSettings = field(default_factory=BenchDecodeSettings)
+    device: Device = Device.cpu
+    threads: int = 1  # decoding at batch 1: one thread is the honest CPU setting (stated in decode.json)
+
+
 def register_configs() -> None:
     """The command schemas (plug-ins store theirs as they register)."""
     cs = ConfigStore.instance()
@@ -236,3 +295,5 @@ def register_configs() -> None:
     cs.store(name="export_schema", node=ExportConfig)
     cs.store(name="bench_schema", node=BenchConfig)
     cs.store(name="report_schema", node=ReportConfig)
+    cs.store(name="generate_schema", node=GenerateConfig)
+    cs.store(name="bench_decode_schema", node=BenchDecodeConfig)

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import build_from_arch
 from ..models.cost import mflops_per_example
-from ..reports.grid_report import grid_table, save_heatmap, write_grid
+from ..reports.grid_report import grid_columns, grid_table, save_heatmap, write_grid
 from ..reports.selection_report import print_selection, write_selection
 from ..sorted.pool import Pool
 from ..sorted.selection import check_bar, select
@@ -150,6 +150,9 @@ def grid_row(model: nn.Module, sub: SubModel, score: float, baseline: float, tas
         for batch_size in LATENCY_BATCH_SIZES:
             inputs = task.example_input(batch_size)
             row[f"latency_ms_bs{batch_size}"] = round(latency_ms_per_example(small, inputs, batch_size, eval_cfg.latency_repeats), 5)
+        # A task may time what its models are for, too (a language model: decoding a token).
+        if hasattr(task, "deployment_latency"):
+            row.update(task.deployment_latency(small, eval_cfg.latency_repeats))
     return row
 
 
@@ -189,7 +192,7 @@ def run_grid(
         "eval_seconds": eval_seconds,
         "baseline": baseline,
         "metric": metric.to_dict(),
-        "extra_columns": list(details[pool.largest]) if details else [],
+        "extra_columns": [key for key in rows[0] if key not in grid_columns(metric.name)],
         "full": {"width": full.width, "depth": format_depth(full.depth)},
     }
     write_grid(rows, meta, run_dir)

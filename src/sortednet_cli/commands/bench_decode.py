@@ -1,0 +1,60 @@
+"""sortednet bench-decode"""
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from ..cli import hydra_command
+from ..decode.bench import bench_decode, plot_decode
+from ..engine.decoding import open_decoder
+from ..errors import UserError
+from ..jsonfiles import write_json
+from ..reports.console import make_console
+from ..tasks import build_task
+
+
+def validation_prompts(decoder_run, count: int, length: int) -> list[list[int]]:
+    """`count` windows of `length` tokens spread evenly over the run's validation text."""
+    task = build_task(decoder_run.run.cfg.data, decoder_run.run.cfg.model, decoder_run.run.device, False, state=decoder_run.run.task_state)
+    stream = task.val_stream
+    if count < 1 or length < 1 or len(stream) < count * length:
+        raise UserError(f"bench.prompt_count={count} and bench.prompt_tokens={length} must be >= 1 and fit the {len(stream)} validation tokens")
+    step = (len(stream) - length) // count
+    return [stream[i * step:i * step + length].tolist() for i in range(count)]
+
+
+def default_draft_exits(depth: int) -> list[int]:
+    return sorted({max(1, round(depth * f)) for f in (0.25, 1 / 3, 0.5)} - {depth})
+
+
+@hydra_command("bench_decode")
+def main(cfg: DictConfig) -> None:
+    console = make_console()
+    decoder_run = open_decoder(cfg.checkpoint, cfg.device.value, cfg.threads, console)
+    settings, depth = cfg.bench, decoder_run.depth
+    prompts = [decoder_run.encode(p) for p in settings.prompts] or validation_prompts(decoder_run, settings.prompt_count, settings.prompt_tokens)
+    exits = list(settings.exits) if settings.exits is not None else list(range(1, depth + 1))
+    draft_exits = list(settings.draft_exits) if settings.draft_exits is not None else default_draft_exits(depth)
+    library_exits = list(settings.library_exits) if settings.library_exits is not None else draft_exits
+    speculative = [(e, k) for e in draft_exits for k in OmegaConf.to_container(settings.draft_lens)]
+    console.print(f"bench-decode on {decoder_run.run.device} ({cfg.threads or 'default'} threads): {len(prompts)} prompts x "
+                  f"{settings.max_new_tokens} new tokens, {depth}-layer decoder {decoder_run.run.path}", highlight=False)
+    result = bench_decode(decoder_run.model, prompts, settings.max_new_tokens, exits, list(settings.thresholds), speculative, library_exits)
+    result["checkpoint"] = str(decoder_run.run.path)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    write_json(run_dir / "decode.json", result)
+    plot_decode(result, run_dir / "decode.png", title=f"self-speculative decoding, {depth}-layer decoder")
+
+    table = Table(title=f"decoding at batch 1, {result['threads']} threads (speed-up over full greedy)")
+    for column in ("setting", "tokens/s", "speed-up", "acceptance", "tokens/verify", "agreement", "same as greedy"):
+        table.add_column(column)
+    percent = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
+    for row in result["rows"]:
+        table.add_row(row["label"], f"{row['tokens_per_second']:.1f}", f"{row['speedup']:.2f}x", percent(row.get("acceptance_rate")),
+                      "" if row.get("tokens_per_verification") is None else f"{row['tokens_per_verification']:.2f}",
+                      percent(row.get("agreement")), "" if row.get("identical") is None else ("yes" if row["identical"] else "NO"))
+    console.print(table)
+    console.print(f"pick: {result['pick']['label']} ({result['pick']['reason']})", highlight=False)
+    console.print(f"wrote {run_dir / 'decode.json'}, {run_dir / 'decode.png'}", highlight=False)

@@ -1,0 +1,49 @@
+"""What generate and bench-decode share: a decoder checkpoint opened with its tokenizer, and
+prompts checked against that tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..errors import UserError
+from ..models.transformer import SortedDecoder
+from ..tasks.text.tokenizers import tokenizer_from_state, unknown_characters
+from .eval_grid import TrainedRun, open_trained_run
+
+
+@dataclass
+class DecoderRun:
+    run: TrainedRun
+    model: SortedDecoder
+    tokenizer: object
+
+    @property
+    def depth(self) -> int:
+        return self.model.depth_limits[0]
+
+    def encode(self, prompt: str) -> list[int]:
+        if not prompt:
+            raise UserError("prompt is empty: give the text to continue, e.g. prompt='ROMEO:'")
+        if getattr(self.tokenizer, "unk_token", None) is None:  # a character vocabulary
+            unknown = unknown_characters(self.tokenizer, prompt)
+            if unknown:
+                raise UserError(f"the prompt has characters this model's tokenizer has never seen: {' '.join(repr(c) for c in unknown)}")
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def open_decoder(location: Optional[str], device_name: str, threads: int, console) -> DecoderRun:
+    """A train checkpoint of the decoder family, in eval mode, float32, with its tokenizer."""
+    if threads:
+        torch.set_num_threads(threads)
+    run = open_trained_run(location, device_name, console)
+    if not isinstance(run.model, SortedDecoder):
+        raise UserError(f"{run.path} holds a {run.cfg.model.name} model; generate and bench-decode need a decoder (model=llama)")
+    if not run.task_state or "tokenizer" not in run.task_state:
+        raise UserError(f"{run.path} has no tokenizer saved with it")
+    return DecoderRun(run, run.model.float().eval(), tokenizer_from_state(run.task_state["tokenizer"]))
