@@ -237,3 +237,27 @@ def test_bench_compares_the_encoder_loop_side_by_side(tmp_path, glue_root, text_
     assert code == 0, err
     report = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert report["grid_same_metric"] and report["train_speedup"] > 0 and report["kind"] == "text"
+
+
+def write_pairs(root: Path, header: str, rows: list[str]) -> Path:
+    root.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (root / name).write_text(header + "\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_sentence_pairs_and_regression_train_and_score(text_run, tmp_path, family):
+    """RTE-style pairs (token types for BERT) and STS-B regression (one output, MSE, Pearson with
+    Spearman beside it) through training and the grid."""
+    words = ["the cat sat", "a dog ran", "birds fly high", "the sun is hot", "rain falls down", "we like tea"]
+    rte = [f"{i}\t{words[i % 6]}\t{words[(i * 5) % 6]}\t{'entailment' if i % 6 == (i * 5) % 6 else 'not_entailment'}" for i in range(64)]
+    root = write_pairs(tmp_path / "rte", "index\tsentence1\tsentence2\tlabel", rte)
+    result = text_run(family, f"data.root={root}", "data.glue_task=rte", "pool=enc_tiny", "trainer.max_steps=3")
+    assert 0 <= result.summary["quick_eval"][0]["accuracy"] <= 1
+    sts = [f"{i}\tg\tf\ty\t{i}\ts1\ts2\t{words[i % 6]}\t{words[(i * 5) % 6]}\t{5.0 if i % 6 == (i * 5) % 6 else (i % 5) * 0.5:.2f}" for i in range(64)]
+    root = write_pairs(tmp_path / "stsb", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore", sts)
+    result = text_run(family, f"data.root={root}", "data.glue_task=stsb", "pool=enc_tiny", "trainer.max_steps=3", name="sts")
+    grid = read_csv(result.run_dir / "grid.csv")
+    assert {"pearson", "spearman"} <= set(grid[0]) and all(-1 <= float(r["pearson"]) <= 1 for r in grid)
+    assert result.model.config.num_labels == 1

@@ -320,7 +320,9 @@ def load_pretrained(family: str, location: str, **overrides) -> nn.Module:
     for key, value in overrides.items():
         setattr(config, key, value)
     _, model_class, _ = library_classes(family)
+    # A classifier head of another label count is replaced by a new one (fine-tuning), not refused.
+    mismatched = {"ignore_mismatched_sizes": True} if family != "llama" else {}
     try:
-        return model_class.from_pretrained(location, config=config)
+        return model_class.from_pretrained(location, config=config, **mismatched)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.pretrained={location}: could not load its weights ({str(exc).splitlines()[0]})") from None
