@@ -261,3 +261,23 @@ def test_sentence_pairs_and_regression_train_and_score(text_run, tmp_path, famil
     grid = read_csv(result.run_dir / "grid.csv")
     assert {"pearson", "spearman"} <= set(grid[0]) and all(-1 <= float(r["pearson"]) <= 1 for r in grid)
     assert result.model.config.num_labels == 1
+
+
+def test_decoder_pretrained_and_bpe_tokenizer(text_run, tmp_path, text_path):
+    """model.pretrained for the decoder (a tiny save_pretrained model with its tokenizer), and a
+    byte-level BPE tokenizer trained on the text, saved with the run."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sortednet_cli.tasks.text.tokenizers import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer(text_path.read_text())
+    pretrained = tmp_path / "tiny-llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                 intermediate_size=48, max_position_embeddings=64)).save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    result = text_run("llama", f"model.pretrained={pretrained}", "pool=exits", "trainer.max_steps=3", "data.eval_windows=4")
+    assert result.model.depth_limits == (3,) and len(read_csv(result.run_dir / "grid.csv")) == 3
+
+    result = text_run("llama", "data.tokenizer=bpe", "data.vocab_size=300", "pool=exits_tiny", "trainer.max_steps=3", "data.eval_windows=4", name="bpe")
+    state = load_checkpoint(result.run_dir)["task"]["tokenizer"]
+    assert state["kind"] == "byte_bpe" and result.model.config.vocab_size == len(json.loads(state["tokenizer_json"])["model"]["vocab"])
