@@ -11,23 +11,34 @@ import torch
 from conftest import REPO, TINY, compose_config, run_cli
 
 GROUPS = {
-    "model": ["cpreresnet20", "mobilenetv2"],
-    "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny"],
+    "model": ["cpreresnet20", "mobilenetv2", "bert", "roberta", "llama"],
+    "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny",
+             "enc_depth", "enc_grid", "enc_tiny", "exits", "exits_grid", "exits_tiny"],
     "sampler": ["uniform", "sandwich", "weighted", "width_major", "full"],
-    "data": ["cifar10", "fake"],
+    "data": ["cifar10", "fake", "glue", "text"],
     "optim": ["sgd", "adamw"],
-    "sched": ["cosine"],
-    "trainer": ["default"],
+    "sched": ["cosine", "cosine_steps"],
+    "trainer": ["default", "transformer", "decoder"],
     "logger": ["csv", "wandb", "none"],
-    "experiment": ["paper_cifar10", "quick"],
+    "experiment": ["paper_cifar10", "quick", "sst2_quick", "glue_paper", "shakespeare_quick"],
 }
+# Experiments that set a Transformer family's keys compose with that family.
+EXPERIMENT_FAMILY = {"sst2_quick": "bert", "glue_paper": "bert", "shakespeare_quick": "llama"}
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_every_config_group_option_composes(group, option):
-    cfg = compose_config("train", [f"{group}={option}"])
-    if group not in ("experiment", "trainer"):
+    family = [f"model={EXPERIMENT_FAMILY[option]}"] if group == "experiment" and option in EXPERIMENT_FAMILY else []
+    cfg = compose_config("train", [*family, f"{group}={option}"])
+    if group not in ("experiment", "trainer", "sched"):
         assert cfg[group].name == option
+
+
+def test_a_transformer_family_brings_its_training_defaults():
+    cfg = compose_config("train", ["model=llama"])
+    assert (cfg.pool.name, cfg.data.name, cfg.optim.name, cfg.sched.warmup_steps, cfg.trainer["update"]) == ("exits", "text", "adamw", 200, "all_exits")
+    cfg = compose_config("train", ["model=bert", "optim=sgd", "pool=enc_grid"])  # the command line still wins
+    assert (cfg.pool.name, cfg.data.name, cfg.optim.name, cfg.trainer["update"]) == ("enc_grid", "glue", "sgd", "draws")
 
 
 def test_conf_folder_lists_exactly_the_documented_options():
