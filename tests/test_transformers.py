@@ -133,8 +133,14 @@ def test_encoder_grid_export_and_truncation_compare(tmp_path, glue_root, text_pa
     assert exported_accuracy(directory, glue_root) == pytest.approx(float(grid[(0.5, "1")]["accuracy"]), abs=1.5 / 60)
 
     # The paper's comparison: an ordinarily trained model, truncated, against the sorted one.
-    code, out, err = run_cli(["train", *base, "pool=full", f"hydra.run.dir={tmp_path / 'ordinary'}"], capsys)
+    code, out, err = run_cli(["train", *base, "pool=full", "data.train_subset=48", f"hydra.run.dir={tmp_path / 'ordinary'}"], capsys)
     assert code == 0, err
+    # Another run as the baseline, evaluated with its own (here different) tokenizer.
+    code, out, err = run_cli(["eval-grid", f"checkpoint={tmp_path / 'sorted'}", f"eval.baseline={tmp_path / 'ordinary'}", f"hydra.run.dir={tmp_path / 'against'}"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "ordinary")["task"] != load_checkpoint(tmp_path / "sorted")["task"]
+    ordinary_full = float(read_csv(tmp_path / "ordinary" / "grid.csv")[0]["accuracy"])
+    assert json.loads((tmp_path / "against" / "grid.json").read_text())["baseline"]["accuracy"] == pytest.approx(ordinary_full)
     code, out, err = run_cli(["eval-grid", f"checkpoint={tmp_path / 'ordinary'}", "pool=enc_depth", f"hydra.run.dir={tmp_path / 'truncated'}"], capsys)
     assert code == 0, err
     assert [r["depth"] for r in read_csv(tmp_path / "truncated" / "grid.csv")] == ["1", "2"]

@@ -125,9 +125,15 @@ def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data:
     # Keyed by the evaluation set and the checkpoint's write time: a run still training is re-measured.
     key = f"{data.task.eval_fingerprint()}|bn={eval_cfg.bn.value}|calib={data.calib_size}|checkpoint={checkpoint.stat().st_mtime_ns}"
     if key not in cache:
-        other = load_trained(run, device).model.to(memory_format=data.task.memory_format)
+        other_run = load_trained(run, device)
+        other = other_run.model.to(memory_format=data.task.memory_format)
+        other_data = data
+        if (other_run.task_state or {}) != data.task.state():
+            # A text run has its own tokenizer: the same examples, encoded its way.
+            other_task = build_task(data.task.cfg, other_run.cfg.model, device, other_run.cfg.trainer.channels_last, state=other_run.task_state)
+            other_data = EvalData(other_task, data.batch_size, data.calib_count)
         other_full = full_submodel(other.depth_limits)
-        cache[key] = evaluate_pool(other, Pool("full", (other_full,)), data, eval_cfg, method)[other_full]
+        cache[key] = evaluate_pool(other, Pool("full", (other_full,)), other_data, eval_cfg, method)[other_full]
         write_json(cache_path, cache)
     return {metric.name: cache[key], "source": f"full model of {run}"}
 

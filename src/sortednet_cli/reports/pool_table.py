@@ -32,7 +32,7 @@ def pool_table(rows: list[dict], model, pool: Pool) -> tuple[Table, str]:
     mean = sum(mflops) / len(mflops)
     totals = (
         f"total: {len(rows)} sub-models sharing {shared:,} parameters; "
-        f"MFLOPs per image {min(mflops):.2f} to {full:.2f}, mean {mean:.2f} "
+        f"MFLOPs per example {min(mflops):.2f} to {full:.2f}, mean {mean:.2f} "
         f"({mean / full:.2f} of the largest: the cost of an average uniform draw)"
     )
     return table, totals

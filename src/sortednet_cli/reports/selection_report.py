@@ -37,7 +37,7 @@ def save_selection_plot(result: dict, rows: list[dict], title: str, path: Path, 
     if front:
         scatter.plot([r[cost] for r in front], [scale * r[key] for r in front], "-o", color="#d62728", ms=4, label="Pareto front")
     scatter.axhline(scale * bar, color="black", ls="--", lw=1, label=f"bar {metric.format(bar, 1)}")
-    scatter.set_xlabel({"mflops": "MFLOPs per image", "params": "parameters", "latency_ms_bs1": "latency (ms/image, batch 1)"}[cost])
+    scatter.set_xlabel({"mflops": "MFLOPs per example", "params": "parameters", "latency_ms_bs1": "latency (ms/example, batch 1)"}[cost])
     scatter.set_ylabel(f"{key} (%)" if metric.is_fraction else key)
     scatter.set_title(f"{len(above)} of {len(rows)} sub-models selected", fontsize=10)
     scatter.legend(fontsize=8, loc="lower right" if metric.higher_is_better else "upper right")

@@ -53,7 +53,7 @@ class PlainTextLoop:
     to the batch's longest), the library model's own forward and loss, loss.item() each step."""
 
     def __init__(self, hf_model: nn.Module, task, batch_size: int, seed: int):
-        examples = task._train_examples
+        examples = task.train_examples
         rows = list(zip(examples.text_a, examples.text_b or [None] * len(examples.text_a), examples.labels))
         tokenizer, max_length, pair = task.tokenizer, task.max_length, task.spec.is_pair
 

@@ -66,7 +66,7 @@ class GlueClassification:
         return self.cfg.eval_split.value
 
     @functools.cached_property
-    def _train_examples(self):
+    def train_examples(self):
         examples = read_split(split_file(Path(self.cfg.root), self.spec, "train"), self.spec)
         if self.cfg.train_subset:
             n = self.cfg.train_subset
@@ -90,7 +90,7 @@ class GlueClassification:
                 return AutoTokenizer.from_pretrained(self.model_cfg.pretrained)
             except (OSError, ValueError) as exc:
                 raise UserError(f"model.pretrained={self.model_cfg.pretrained}: no tokenizer there ({str(exc).splitlines()[0]})") from None
-        examples = self._train_examples
+        examples = self.train_examples
         texts = examples.text_a + (examples.text_b or [])
         if self.kind == "bert":
             return train_wordpiece(texts, self.cfg.vocab_size)
@@ -105,7 +105,7 @@ class GlueClassification:
 
     @functools.cached_property
     def train(self) -> TokenizedSet:
-        return self._encode(self._train_examples)
+        return self._encode(self.train_examples)
 
     @functools.cached_property
     def eval(self) -> TokenizedSet:
