@@ -144,3 +144,20 @@ def test_state_round_trips_through_json_and_a_checkpoint(tokenizers, kind):
     assert rebuilt.special_tokens_map == tok.special_tokens_map
     assert rebuilt.model_input_names == tok.model_input_names and rebuilt.model_max_length == tok.model_max_length
     assert tokenizer_state(rebuilt) == state
+
+
+def test_trained_tokenizers_are_the_same_in_every_process(tmp_path):
+    """Two runs with the same seed must get the same tokenizer (the library's WordPiece trainer
+    breaks ties differently per process; ours and byte-level BPE do not)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, json\n"
+        "from sortednet_cli.tasks.text.tokenizers import train_wordpiece, train_byte_bpe, tokenizer_state\n"
+        "texts = ['the cat sat on the mat', 'a dog ran far', 'the cat ran', 'dogs and cats', 'mat sat far'] * 20\n"
+        "print(json.dumps([tokenizer_state(train_wordpiece(texts, 120)), tokenizer_state(train_byte_bpe(texts, 300, roberta=True)),"
+        " tokenizer_state(train_byte_bpe(texts, 300, roberta=False))]))\n"
+    )
+    outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    assert outputs[0] == outputs[1]

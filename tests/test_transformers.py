@@ -155,10 +155,11 @@ def test_encoder_grid_export_and_truncation_compare(tmp_path, glue_root, text_pa
 def test_decoder_grid_has_perplexity_and_export_reproduces_the_loss(text_run, tmp_path, text_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = text_run("llama", "pool=exits_tiny", "trainer.max_steps=30", "data.eval_windows=20")
+    result = text_run("llama", "pool=exits_tiny", "trainer.max_steps=30", "data.eval_windows=20", "eval.latency=true", "eval.latency_repeats=1")
     grid = {(float(r["width"]), r["depth"]): r for r in read_csv(result.run_dir / "grid.csv")}
     for row in grid.values():
         assert float(row["perplexity"]) == pytest.approx(math.exp(float(row["loss"])), rel=1e-6)
+        assert float(row["decode_ms_per_token"]) >= 0  # timed; noise may leave a tiny model at 0
     code, out, err = run_cli(["export", f"checkpoint={result.run_dir}", "sub=one", "sub.width=1", "sub.depth=1", f"hydra.run.dir={tmp_path / 'exported'}"], capsys)
     assert code == 0, err
     directory = tmp_path / "exported" / "w1_d1"
@@ -194,6 +195,8 @@ def test_pretrained_weights_and_tokenizer_load_offline(text_run, tmp_path, glue_
 def test_text_tasks_name_bad_input(text_run, tmp_path, glue_root, text_path):
     with pytest.raises(UserError, match="needs a decoder"):
         train(compose_config("train", ["model=bert", "data=text", f"data.path={text_path}"]), tmp_path / "x", console=quiet())
+    with pytest.raises(UserError, match="needs an image model"):
+        train(compose_config("train", ["model=bert", "data=fake"]), tmp_path / "y", console=quiet())
     with pytest.raises(UserError, match="longer than the model's context"):
         text_run("llama", "data.block_size=64")
     with pytest.raises(UserError, match="no such file"):
@@ -217,7 +220,8 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
     assert outputs["speculative"]["tokens"] == outputs["full"]["tokens"]  # lossless
     assert "acceptance" in json.dumps(outputs["speculative"]["stats"])
     for bad, message in (("generate.mode=exit generate.exit=3", "1..2"), ("generate.mode=speculative generate.draft_len=0", "draft_len"),
-                         ("prompt='ROMEO~'", "never seen")):
+                         ("prompt='ROMEO~'", "never seen"), ("generate.mode=speculative generate.temperature=0.7", "greedy"),
+                         ("prompt=" + "ROMEO:" * 6, "fills the model's context")):
         code, out, err = run_cli(["generate", checkpoint, *bad.split(), f"hydra.run.dir={tmp_path / 'bad'}"], capsys)
         assert code == 2 and message in err and "Traceback" not in err
 

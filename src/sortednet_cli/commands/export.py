@@ -43,8 +43,8 @@ def main(cfg: DictConfig) -> None:
     console.print(table)
     console.print(
         f"full model: {full_params:,} parameters, weights {full_bytes / 1024:.1f} KiB; training checkpoint {checkpoint_bytes / 1024:.1f} KiB "
-        f"(with optimizer state). BN {'recalibrated per sub-model' if recalibrate_bn else 'not recalibrated'}. "
-        "Load with sortednet_cli.load_exported(path).",
+        "(with optimizer state)."
+        + ("" if library_model else f" BN {'recalibrated per sub-model' if recalibrate_bn else 'not recalibrated'}. Load with sortednet_cli.load_exported(path)."),
         highlight=False,
     )
     if library_model:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from ..cli import hydra_command
 from ..decode import ExitDecoder, teacher_forced_agreement
 from ..engine.decoding import open_decoder
+from ..errors import UserError
 from ..jsonfiles import write_json
 from ..reports.console import make_console
 
@@ -37,6 +38,8 @@ def main(cfg: DictConfig) -> None:
     decoder = ExitDecoder(decoder_run.model)
     mode = settings.mode.value
     n = settings.max_new_tokens
+    if mode in ("early_exit", "speculative") and (settings.temperature != 0 or settings.top_k is not None):
+        raise UserError(f"generate.mode={mode} is greedy: generate.temperature and generate.top_k apply to mode=full and mode=exit only")
     if mode == "full":
         result = decoder.full(prompt_ids, n, settings.temperature, settings.top_k, settings.seed)
     elif mode == "exit":
@@ -48,7 +51,7 @@ def main(cfg: DictConfig) -> None:
         draft_exit = settings.draft_exit if settings.draft_exit is not None else max(1, depth // 4)
         result = decoder.speculative(prompt_ids, n, draft_exit, settings.draft_len)
     stats = dict(result.stats)
-    if mode in ("exit", "early_exit") and settings.temperature == 0:
+    if mode == "early_exit" or (mode == "exit" and settings.temperature == 0):
         stats["agreement"] = teacher_forced_agreement(decoder_run.model, prompt_ids, result.tokens)
     text = decoder_run.decode(result.tokens)
     console.print(cfg.prompt + text, highlight=False, markup=False)

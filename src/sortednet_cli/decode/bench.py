@@ -6,6 +6,7 @@ and each lossless claim is checked (`identical`: the same tokens as full greedy 
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -79,6 +80,21 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
         row["speedup"] = row["tokens_per_second"] / reference["tokens_per_second"] if reference["tokens_per_second"] else 0.0
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers),
             "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows)}
+
+
+def ms_per_decoded_token(model: SortedDecoder, prompt: Sequence[int], repeats: int, new_tokens: int = 32) -> float:
+    """ms per token of greedy decoding at batch 1 with a KV cache, the prompt's prefill left out:
+    (time for `new_tokens` - time for 1) / (new_tokens - 1), median over `repeats`."""
+    decoder = ExitDecoder(model)
+    prompt = [int(t) for t in prompt]
+    new_tokens = max(2, min(new_tokens, model.config.max_position_embeddings - len(prompt)))
+    decoder.full(prompt, 4)  # warm-up
+    per_token = []
+    for _ in range(max(1, repeats)):
+        one = decoder.full(prompt, 1).stats["seconds"]
+        many = decoder.full(prompt, new_tokens).stats["seconds"]
+        per_token.append(max(0.0, many - one) / (new_tokens - 1))
+    return 1000 * statistics.median(per_token)
 
 
 def _pick(rows: list[dict]) -> dict:

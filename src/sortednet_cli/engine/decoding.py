@@ -10,7 +10,7 @@ import torch
 
 from ..errors import UserError
 from ..models.transformer import SortedDecoder
-from ..tasks.text.tokenizers import tokenizer_from_state, unknown_characters
+from ..tasks.text.tokenizers import tokenizer_from_state, tokenizer_kind, unknown_characters
 from .eval_grid import TrainedRun, open_trained_run
 
 
@@ -27,11 +27,15 @@ class DecoderRun:
     def encode(self, prompt: str) -> list[int]:
         if not prompt:
             raise UserError("prompt is empty: give the text to continue, e.g. prompt='ROMEO:'")
-        if getattr(self.tokenizer, "unk_token", None) is None:  # a character vocabulary
+        if tokenizer_kind(self.tokenizer) == "char":  # a vocabulary of the training text's characters
             unknown = unknown_characters(self.tokenizer, prompt)
             if unknown:
                 raise UserError(f"the prompt has characters this model's tokenizer has never seen: {' '.join(repr(c) for c in unknown)}")
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        context = self.model.config.max_position_embeddings
+        if len(ids) >= context:
+            raise UserError(f"the prompt is {len(ids)} tokens, which fills the model's context of {context}: shorten it")
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)

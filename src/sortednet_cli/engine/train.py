@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..jsonfiles import read_json, write_json
-from ..models import build_model
+from ..models import build_from_arch, build_model
 from ..models.cost import mflops_per_example
 from ..reports.console import make_console
 from ..reports.loggers import NullLogger, build_logger
@@ -62,6 +62,7 @@ RESUMABLE_KEYS = (
     "trainer.stall_seconds",
     "logger",
     "data.root",
+    "data.path",
     "data.verify",
     "data.download",
     "eval",
@@ -240,8 +241,11 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     task = build_task(cfg.data, cfg.model, device, trainer.channels_last, state=checkpoint.get("task") if checkpoint else None)
     check_grid_settings(cfg.eval, cfg.select, task.metric)  # fail now, not after hours of training
     fields = task.model_fields()  # a text task trains its tokenizer here
+    task.state()  # a tokenizer a checkpoint cannot keep fails now, not at the first checkpoint
     torch.manual_seed(trainer.seed)  # the initial weights
-    model = build_model(cfg.model, fields).to(device=device, memory_format=task.memory_format)
+    # Resuming rebuilds the network from the checkpoint (pretrained weights are not fetched again).
+    model = build_from_arch(checkpoint["arch"]) if checkpoint else build_model(cfg.model, fields)
+    model = model.to(device=device, memory_format=task.memory_format)
     pool = pool_from_config(cfg.pool, model.depth_limits)
     batches = task.train_batches(trainer.batch_size, trainer.seed)
     example = task.example_input(1)
@@ -261,6 +265,8 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and device.type == "cuda":  # dropout on the GPU continues exactly
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         start_step, elapsed_before, images_before = checkpoint["step"], checkpoint["elapsed_s"], checkpoint["images"]
 
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -304,7 +310,7 @@ def save_checkpoint(run: Run, state: LoopState) -> Path:
             "arch": run.model.arch,
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if run.device.type == "cuda" else {})},
             "step": state.done,
             "elapsed_s": run.elapsed_before + time.perf_counter() - state.start_time,
             "images": state.images,

@@ -12,7 +12,7 @@ library's own forward on the same weights.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -45,17 +45,13 @@ def additive_mask(padding: Optional[torch.Tensor], query_len: int, key_len: int,
 # --- layers --------------------------------------------------------------------------------------
 
 
-def _tensor(output: Any) -> torch.Tensor:
-    """Layers returned tuples before 4.57 and tensors since."""
-    return output[0] if isinstance(output, tuple) else output
-
-
 def _call(layer: nn.Module, slices: Optional[dict[str, torch.Tensor]], *args, **kwargs) -> torch.Tensor:
-    """The library's layer, on its own parameters or with some replaced by views (a narrower
-    sub-model: the views share storage and gradients with the full tensors)."""
+    """The library's layer (it returns a tensor since 4.57), on its own parameters or with some
+    replaced by views (a narrower sub-model: the views share storage and gradients with the full
+    tensors)."""
     if not slices:
-        return _tensor(layer(*args, **kwargs))
-    return _tensor(functional_call(layer, slices, args, kwargs, strict=False))
+        return layer(*args, **kwargs)
+    return functional_call(layer, slices, args, kwargs, strict=False)
 
 
 def run_encoder_layer(layer: nn.Module, hidden: torch.Tensor, mask: Optional[torch.Tensor],
@@ -115,12 +111,17 @@ def decoder_slices(layer: nn.Module, heads: int, kv_heads: int, head_dim: int, f
     return slices
 
 
+def zero_encoder_heads(layer: nn.Module, heads: int, head_dim: int) -> None:
+    """Zero the output-projection columns of a BertLayer's heads after the first `heads`: the
+    layer then computes what it computes with only those heads."""
+    layer.attention.output.dense.weight[:, heads * head_dim:] = 0
+
+
+def zero_decoder_heads(layer: nn.Module, heads: int, head_dim: int) -> None:
+    layer.self_attn.o_proj.weight[:, heads * head_dim:] = 0
+
+
 # --- encoders: embeddings and classification heads --------------------------------------------------
-
-
-def encoder_body(classifier: nn.Module) -> nn.Module:
-    """The BertModel / RobertaModel inside a *ForSequenceClassification."""
-    return classifier.base_model
 
 
 def encoder_layers(classifier: nn.Module) -> nn.ModuleList:

@@ -130,16 +130,13 @@ class SortedTransformer(nn.Module):
         """`sub` as a standalone model of the same family holding copies of its slices."""
         small = build_from_parts(self.arch_name, self.sub_config(sub), self.sort_heads)
         small.to(next(self.parameters()).device)
-        depth, units = sub.depth[0], self.units(sub.width)
         source = self.hf.state_dict()
         with torch.no_grad():
+            # The small model's tensors are the leading slices of the same names (its layers
+            # are the first k, its FFN the first units).
             for name, target in small.hf.state_dict().items():
-                layer = _layer_index(name)
-                if layer is not None and layer >= depth:
-                    continue
-                piece = source[name][tuple(slice(0, n) for n in target.shape)]
-                target.copy_(piece)
-            self.zero_cut_heads(small, units["heads"])
+                target.copy_(source[name][tuple(slice(0, n) for n in target.shape)])
+            self.zero_cut_heads(small, self.units(sub.width)["heads"])
         return small.eval()
 
     def zero_cut_heads(self, small: "SortedTransformer", heads: int) -> None:
@@ -154,8 +151,16 @@ class SortedTransformer(nn.Module):
         tokenizer) that the library's Auto classes load with no sortednet code."""
         small = self.extract(sub)
         small.hf.save_pretrained(directory)
+        tokenizer = copy.deepcopy(tokenizer)
+        # Truncating to what the position embeddings hold keeps plain `tokenizer(text,
+        # truncation=True)` calls from overrunning them.
+        tokenizer.model_max_length = self.max_input_length
         tokenizer.save_pretrained(directory)
         return small
+
+    @property
+    def max_input_length(self) -> int:
+        return self.config.max_position_embeddings
 
     # The prefix protocol (models/protocol.py): run_stem, run_block, run_head.
     def run_stem(self, inputs: TokenBatch, width: float) -> LayerInput:
@@ -169,17 +174,6 @@ class SortedTransformer(nn.Module):
 
     def head_module(self) -> nn.Module:
         raise NotImplementedError
-
-
-def _layer_index(name: str) -> Optional[int]:
-    """The layer a state-dict name belongs to ('bert.encoder.layer.3.…' -> 3), if any."""
-    parts = name.split(".")
-    for marker in ("layer", "layers"):
-        if marker in parts:
-            position = parts.index(marker) + 1
-            if position < len(parts) and parts[position].isdigit():
-                return int(parts[position])
-    return None
 
 
 class SortedEncoder(SortedTransformer):
@@ -208,10 +202,15 @@ class SortedEncoder(SortedTransformer):
     def head_module(self) -> nn.Module:
         return hf_compat.head_modules(self.hf)
 
+    @property
+    def max_input_length(self) -> int:
+        # RoBERTa numbers positions from pad_token_id + 1.
+        offset = self.config.pad_token_id + 1 if self.arch_name == "roberta" else 0
+        return self.config.max_position_embeddings - offset
+
     def zero_cut_heads(self, small: SortedTransformer, heads: int) -> None:
-        rows = heads * self.head_dim
         for layer in small.layers:
-            layer.attention.output.dense.weight[:, rows:] = 0
+            hf_compat.zero_encoder_heads(layer, heads, self.head_dim)
 
 
 class SortedDecoder(SortedTransformer):
@@ -257,7 +256,7 @@ class SortedDecoder(SortedTransformer):
 
     def zero_cut_heads(self, small: SortedTransformer, heads: int) -> None:
         for layer in small.layers:
-            layer.self_attn.o_proj.weight[:, heads * self.head_dim:] = 0
+            hf_compat.zero_decoder_heads(layer, heads, self.head_dim)
 
 
 class SortedBert(SortedEncoder):

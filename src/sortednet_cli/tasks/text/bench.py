@@ -68,7 +68,7 @@ class PlainTextLoop:
         self.loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate, generator=generator)
         self.iterator = iter(self.loader)
         self.model = hf_model.train()
-        self.optimizer = torch.optim.AdamW(hf_model.parameters(), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(hf_model.parameters(), lr=1e-4, foreach=True)  # the same optimizer on both sides
         self.device = task.device
 
     def run(self, steps: int) -> None:

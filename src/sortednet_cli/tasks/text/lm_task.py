@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import statistics
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -171,18 +170,6 @@ class LanguageModeling:
         from ...models.transformer import TokenBatch
 
         return TokenBatch(self.val_stream[: self.cfg.block_size].repeat(batch_size, 1).to(self.device))
-
-    def deployment_latency(self, small, repeats: int) -> dict:
-        """ms per token of greedy decoding at batch 1 with a standalone sub-model (an exit
-        alone), with its KV cache: the median over `repeats` generations of 32 tokens."""
-        from ...decode import ExitDecoder
-
-        decoder = ExitDecoder(small)
-        prompt = self.val_stream[:16].tolist()
-        new_tokens = max(1, min(32, small.config.max_position_embeddings - len(prompt)))
-        decoder.full(prompt, 4)  # warm-up
-        seconds = [decoder.full(prompt, new_tokens).stats["seconds"] / new_tokens for _ in range(max(1, repeats))]
-        return {"decode_ms_per_token": round(1000 * statistics.median(seconds), 4)}
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())

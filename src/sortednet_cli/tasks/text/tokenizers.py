@@ -129,7 +129,10 @@ def unknown_characters(tokenizer: PreTrainedTokenizerFast, text: str) -> list[st
 
 
 def tokenizer_kind(tokenizer: PreTrainedTokenizerFast) -> str:
-    """wordpiece, roberta_bpe, byte_bpe or char: which builder made it."""
+    """wordpiece, roberta_bpe, byte_bpe or char: which builder made it; `other` for a pretrained
+    model's own tokenizer of another kind (kept and restored all the same)."""
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise UserError(f"{type(tokenizer).__name__} is not a fast (tokenizers-backed) tokenizer, which a checkpoint can keep; use a model that ships tokenizer.json")
     backend = tokenizer.backend_tokenizer
     if isinstance(backend.model, models.WordPiece):
         return "wordpiece"
@@ -137,7 +140,7 @@ def tokenizer_kind(tokenizer: PreTrainedTokenizerFast) -> str:
         return "char"
     if isinstance(backend.model, models.BPE):
         return "roberta_bpe" if isinstance(backend.post_processor, processors.RobertaProcessing) else "byte_bpe"
-    raise ValueError(f"not a sortednet tokenizer: {type(backend.model).__name__} model")
+    return "other"
 
 
 def _without_call_settings(tokenizer_json: str) -> str:
