@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers sweep-fidelity report reproduce reproduce-gpu test clean
+.PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers sweep-fidelity report reproduce reproduce-gpu sst2-quick shakespeare-quick test clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 	@echo '  extra Hydra overrides go in ARGS, e.g. make train ARGS="data.root=../shared/data/cifar10 data.verify=false"'
 
 $(BIN)/sortednet: pyproject.toml
@@ -56,6 +56,12 @@ reproduce: $(BIN)/sortednet ## the paper's CIFAR-10 comparison: the variants swe
 reproduce-gpu: $(BIN)/sortednet ## the fidelity study at the paper's 200 epochs on one GPU (about 4 hours on an H200), then its report
 	$(BIN)/sortednet train -m +sweep=fidelity experiment=paper_cifar10 trainer.device=cuda $(ARGS)
 	$(BIN)/sortednet report
+
+sst2-quick: $(BIN)/sortednet ## SST-2 from scratch with model=bert (ARGS: data.root=<the folder of train.tsv and dev.tsv>)
+	$(BIN)/sortednet train model=bert experiment=sst2_quick $(ARGS)
+
+shakespeare-quick: $(BIN)/sortednet ## a character-level LLaMA with every exit trained (ARGS: data.path=<input.txt>)
+	$(BIN)/sortednet train model=llama experiment=shakespeare_quick $(ARGS)
 
 test: $(BIN)/sortednet ## run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)
