@@ -181,7 +181,8 @@ def job_labels(jobs: list[Job]) -> dict[Path, str]:
     differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
     labels = {}
     for job, setting in zip(jobs, settings):
-        label = " ".join(f"{k}={setting[k]}" for k in differing if k in setting)
+        # Paths (checkpoint=, data.root=) by their last part: labels title figures.
+        label = " ".join(f"{k}={Path(setting[k]).name if '/' in setting[k] else setting[k]}" for k in differing if k in setting)
         labels[job.run_dir] = label or job.name
     return labels
 

@@ -3,6 +3,8 @@ on one colour scale (paper Fig. 2a), and the metric against width at full depth 
 
 from __future__ import annotations
 
+import textwrap
+
 import math
 from collections import Counter
 from pathlib import Path
@@ -134,6 +136,11 @@ def draw_difference(ax, rows: list[dict], baseline: float, limit: float, metric:
     return image
 
 
+def _wrapped(title: str, width: int = 34) -> str:
+    """Panel titles side by side must not run into each other."""
+    return "\n".join(textwrap.wrap(title, width)) or title
+
+
 def plot_grids(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job], path: Path, metric: Metric) -> bool:
     """The jobs' grids side by side on one colour scale; with a baseline job, a second row with
     each cell's difference to the baseline. Returns False when no job has a grid yet."""
@@ -158,7 +165,7 @@ def plot_grids(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job]
     for ax, job in zip(top, with_grid):
         rows = _relative_to(job.grid, base, metric) if base is not None else job.grid
         image = draw_heatmap(ax, rows, vmin=low, vmax=high, key=metric.name)
-        ax.set_title(labels[job.run_dir] + (" (baseline)" if job is baseline else ""), fontsize=9)
+        ax.set_title(_wrapped(labels[job.run_dir] + (" (baseline)" if job is baseline else "")), fontsize=9)
     fig.colorbar(image, ax=top, label=unit, shrink=0.9)
     if compared:
         differences = [abs(row[metric.name] - base) * scale for job in compared for row in job.grid]
@@ -171,7 +178,7 @@ def plot_grids(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job]
                 ax.text(0.5, 0.5, f"baseline\n{metric_text(base, metric)}", ha="center", va="center", transform=ax.transAxes)
                 continue
             difference = draw_difference(ax, job.grid, base, limit, metric)
-            ax.set_title(f"{labels[job.run_dir]} minus baseline{' (points)' if percent else ''}", fontsize=9)
+            ax.set_title(_wrapped(f"{labels[job.run_dir]} minus baseline{' (points)' if percent else ''}"), fontsize=9)
         fig.colorbar(difference, ax=bottom, label=f"{metric.name} - baseline{' (points)' if percent else ''}", shrink=0.9)
     shown = f"{metric.name} %" if percent else metric.name
     note = f"cells: {shown} and % of the baseline" if base is not None else f"cells: {shown} and % of each job's own full model"
