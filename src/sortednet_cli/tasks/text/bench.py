@@ -17,7 +17,7 @@ from torch import nn
 
 from ...models import build_model
 from ...sorted.exits import AllExits
-from ...sorted.pool import build_pool, pool_from_config
+from ...sorted.pool import pool_from_config
 from ...sorted.prefix_eval import METHODS
 from ...sorted.submodel import full_submodel
 from ...sorted.update import plain_loss, sorted_update

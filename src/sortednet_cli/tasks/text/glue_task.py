@@ -76,20 +76,12 @@ class GlueClassification:
     @functools.cached_property
     def tokenizer(self):
         # Deferred: the tokenizers stack costs half a second to import, which image runs skip.
-        from .tokenizers import tokenizer_from_state, train_byte_bpe, train_wordpiece
+        from .tokenizers import pretrained_tokenizer, tokenizer_from_state, train_byte_bpe, train_wordpiece
 
         if self.saved_tokenizer is not None:
             return tokenizer_from_state(self.saved_tokenizer)
         if self.model_cfg.pretrained:
-            from transformers import AutoTokenizer
-
-            from ...models.transformer import check_pretrained
-
-            check_pretrained(self.model_cfg.name, self.model_cfg.pretrained)
-            try:
-                return AutoTokenizer.from_pretrained(self.model_cfg.pretrained)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"model.pretrained={self.model_cfg.pretrained}: no tokenizer there ({str(exc).splitlines()[0]})") from None
+            return pretrained_tokenizer(self.model_cfg.name, self.model_cfg.pretrained)
         examples = self.train_examples
         texts = examples.text_a + (examples.text_b or [])
         if self.kind == "bert":

@@ -98,20 +98,12 @@ class LanguageModeling:
     @functools.cached_property
     def tokenizer(self):
         # Deferred: the tokenizers stack costs half a second to import, which image runs skip.
-        from .tokenizers import build_char_tokenizer, tokenizer_from_state, train_byte_bpe
+        from .tokenizers import pretrained_tokenizer, build_char_tokenizer, tokenizer_from_state, train_byte_bpe
 
         if self.saved_tokenizer is not None:
             return tokenizer_from_state(self.saved_tokenizer)
         if self.model_cfg.pretrained:
-            from transformers import AutoTokenizer
-
-            from ...models.transformer import check_pretrained
-
-            check_pretrained(self.model_cfg.name, self.model_cfg.pretrained)
-            try:
-                return AutoTokenizer.from_pretrained(self.model_cfg.pretrained)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"model.pretrained={self.model_cfg.pretrained}: no tokenizer there ({str(exc).splitlines()[0]})") from None
+            return pretrained_tokenizer(self.model_cfg.name, self.model_cfg.pretrained)
         if self.cfg.tokenizer == TokenizerKind.char:
             return build_char_tokenizer(self.text)
         return train_byte_bpe([self.text[: self.split_at]], self.cfg.vocab_size, roberta=False)

@@ -49,6 +49,19 @@ def _wrap(
     )
 
 
+def pretrained_tokenizer(family: str, location: str) -> PreTrainedTokenizerFast:
+    """The tokenizer of a pretrained model (`model.pretrained`), checked to be of `family`."""
+    from transformers import AutoTokenizer
+
+    from ...models.transformer import check_pretrained
+
+    check_pretrained(family, location)
+    try:
+        return AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.pretrained={location}: no tokenizer there ({str(exc).splitlines()[0]})") from None
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """BERT's uncased WordPiece tokenizer over a vocabulary built deterministically from the
     texts: the special tokens, every character (as a word start and as a '##' continuation),
