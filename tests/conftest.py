@@ -80,8 +80,8 @@ def text_path(tmp_path_factory) -> Path:
 
 def tiny_text_overrides(model: str, glue_root: Path, text_path: Path) -> list[str]:
     """A tiny model of a Transformer family on its tiny data."""
-    if model == "llama":
-        return ["model=llama", f"data.path={text_path}", *TINY_DECODER]
+    if model in ("llama", "decoder"):
+        return [f"model={model}", f"data.path={text_path}", *TINY_DECODER]
     return [f"model={model}", f"data.root={glue_root}", *TINY_ENCODER]
 
 

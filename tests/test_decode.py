@@ -16,7 +16,7 @@ from sortednet_cli.decode import DraftSchedule, ExitDecoder, library_assistant_e
 from sortednet_cli.decode.bench import bench_decode, plot_decode
 from sortednet_cli.errors import UserError
 from sortednet_cli.models import hf_compat
-from sortednet_cli.models.transformer import TokenBatch, build_from_parts
+from sortednet_cli.models.transformer import TokenBatch, sorted_from_config
 from sortednet_cli.sorted.submodel import SubModel
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
@@ -70,7 +70,7 @@ def trained():
     data = torch.tensor([stoi[ch] for ch in text])
     config = LlamaConfig(vocab_size=len(stoi), hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=CONTEXT)
-    model = build_from_parts("llama", config, sort_heads=False)
+    model = sorted_from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(STEPS):
         starts = torch.randint(0, len(data) - BLOCK - 1, (16,))
@@ -109,11 +109,11 @@ def full_forward_cache(model, ids: list[int]) -> hf_compat.LayerCache:
     """The keys/values of every layer from one plain forward over `ids`."""
     cache = hf_compat.LayerCache(LAYERS)
     with torch.no_grad():
-        hidden = hf_compat.decoder_embed(model.hf, torch.tensor([ids]))
-        pe = hf_compat.rotary(model.hf, hidden, torch.arange(len(ids))[None])
-        mask = hf_compat.additive_mask(None, len(ids), len(ids), hidden.dtype, hidden.device, causal=True)
-        for layer in model.layers:
-            hidden = hf_compat.run_decoder_layer(layer, hidden, mask, pe, cache)
+        positions = torch.arange(len(ids))[None]
+        hidden = model.embed(torch.tensor([ids]), positions)
+        table = model.positions(hidden, positions)
+        for index in range(len(model.layers)):
+            hidden = model.run_layer(index, hidden, model.layer_mask(index, None, len(ids), len(ids), hidden), table, cache)
     return cache
 
 
@@ -134,7 +134,7 @@ def test_speculative_is_token_identical_to_full_greedy(decoder, prompts, greedy,
 def test_speculative_is_exact_when_the_exits_disagree(trained, prompts):
     """An untrained copy: its exits disagree on most drafts, so most rounds roll back."""
     torch.manual_seed(1)
-    model = build_from_parts("llama", trained[0].config, sort_heads=False).eval()
+    model = sorted_from_config(trained[0].config).eval()
     decoder = ExitDecoder(model)
     for prompt in prompts:
         expected = decoder.full(prompt, 60).tokens

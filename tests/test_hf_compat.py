@@ -1,130 +1,263 @@
-"""The transformers compatibility module against the library's own forward, on the same weights.
+"""Every supported layout against the library's own forward, on the same weights.
 
-If a transformers release changes a layer signature, the mask convention or a head, these fail
-first (see models/hf_compat.py)."""
+Each supported `model_type` is built offline from a tiny config (2-3 layers, hidden 32) that
+turns its quirks on: sliding windows shorter than the inputs, Gemma's soft-capping, Phi-3's fused
+projections, GPT-NeoX's partial rotary, ELECTRA's embedding projection, DeBERTa's relative
+positions and convolution, grouped key/value heads. If a transformers release changes a layer
+signature, the mask convention or a head, these fail first (models/hf_compat.py, hf_layouts.py).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from sortednet_cli.models import build_from_arch
-from sortednet_cli.models import hf_compat
-from sortednet_cli.models.transformer import SortedDecoder, TokenBatch, build_from_parts, library_classes
+from sortednet_cli.decode.engine import ExitDecoder
+from sortednet_cli.errors import UserError
+from sortednet_cli.models import build_from_arch, hf_compat
+from sortednet_cli.models.hf_layouts import supported_types
+from sortednet_cli.models.text_families import DecoderConfig, EncoderConfig, build_decoder, build_encoder
+from sortednet_cli.models.transformer import SortedDecoder, TokenBatch, sorted_from_config
 from sortednet_cli.sorted.submodel import SubModel
 
-torch.manual_seed(0)
+DECODERS = supported_types(causal=True)
+ENCODERS = supported_types(causal=False)
+VOCAB = 60
+# Types whose attention runs fewer heads than the config names (hf_layouts: heads_cuttable).
+HEADS_CUT = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt_neox", "bert", "roberta", "xlm-roberta", "electra", "distilbert"}
 
 
-def tiny_config(family: str, **extra):
-    config_class, _, _ = library_classes(family)
-    common = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48)
-    if family == "llama":
-        return config_class(**common, max_position_embeddings=32, **extra)
-    return config_class(**common, max_position_embeddings=40, num_labels=3, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, pad_token_id=1, **extra)
+def tiny_config(model_type: str, attention: str = "eager"):
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                  max_position_embeddings=64, attn_implementation=attention)
+    quirks = {
+        "llama": dict(num_key_value_heads=2),
+        "mistral": dict(num_key_value_heads=2, sliding_window=4),
+        "qwen2": dict(num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+        "qwen3": dict(num_key_value_heads=2, head_dim=8),
+        "olmo2": dict(num_key_value_heads=2),
+        "gemma2": dict(num_key_value_heads=2, head_dim=8, sliding_window=4, final_logit_softcapping=3.0, attn_logit_softcapping=5.0,
+                       query_pre_attn_scalar=8),
+        "phi3": dict(num_key_value_heads=2, pad_token_id=None),
+        "gpt2": dict(n_embd=32, n_layer=3, n_head=4, n_inner=48, n_positions=64),
+        "gpt_neox": dict(rotary_pct=0.5, use_parallel_residual=True),
+        "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1),
+        "roberta": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1),
+        "xlm-roberta": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1),
+        "electra": dict(embedding_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1),
+        "distilbert": dict(dim=32, n_layers=3, n_heads=4, hidden_dim=48, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=1),
+        "deberta-v2": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1, relative_attention=True,
+                           position_buckets=8, pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm",
+                           share_att_key=True, conv_kernel_size=3, type_vocab_size=0),
+    }[model_type]
+    if model_type in ("gpt2", "distilbert"):
+        common = dict(vocab_size=VOCAB, max_position_embeddings=64, attn_implementation=attention)
+    config = AutoConfig.for_model(model_type, **common, **quirks)
+    if model_type not in DECODERS:
+        config.num_labels = 3
+    return config
 
 
-def padded_batch(family: str) -> TokenBatch:
-    ids = torch.randint(3, 50, (3, 9))
+def build(model_type: str, sort_heads: bool = False, attention: str = "eager"):
+    torch.manual_seed(0)
+    model = sorted_from_config(tiny_config(model_type, attention), sort_heads)
+    with torch.no_grad():  # biases and norm weights away from their defaults, so slicing errors show
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval()
+
+
+def batch_for(model) -> TokenBatch:
+    if isinstance(model, SortedDecoder):
+        return TokenBatch(torch.randint(0, VOCAB, (2, 10)))  # longer than the sliding windows
+    ids = torch.randint(3, VOCAB, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0  # padded rows must not change the real tokens' results
     mask[2, 4:] = 0
     ids = ids.masked_fill(mask == 0, 1)
     types = None
-    if family == "bert":
+    if model.layout.token_types(model.config):
         types = torch.zeros_like(ids)
         types[:, 5:] = 1
     return TokenBatch(ids, mask, types)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
-def test_full_encoder_equals_the_library_forward(family):
-    model = build_from_parts(family, tiny_config(family), sort_heads=True).eval()
-    batch = padded_batch(family)
-    ours = model(batch)
-    theirs = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).logits
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model(batch, SubModel(1.0, (3,))), theirs, rtol=1e-5, atol=1e-5)
+def library_logits(hf, batch: TokenBatch) -> torch.Tensor:
+    inputs = {"input_ids": batch.input_ids}
+    if batch.attention_mask is not None:
+        inputs["attention_mask"] = batch.attention_mask
+    if batch.token_type_ids is not None:
+        inputs["token_type_ids"] = batch.token_type_ids
+    return hf(**inputs).logits
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_full_decoder_equals_the_library_forward(attention):
-    model = build_from_parts("llama", tiny_config("llama", attn_implementation=attention), sort_heads=True).eval()
-    ids = torch.randint(0, 50, (2, 12))
-    torch.testing.assert_close(model(TokenBatch(ids)), model.hf(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+@pytest.mark.parametrize("model_type", DECODERS + ENCODERS)
+def test_full_model_equals_the_library_forward(model_type):
+    model = build(model_type)
+    batch = batch_for(model)
+    with torch.no_grad():
+        theirs = library_logits(model.hf, batch)
+        torch.testing.assert_close(model(batch), theirs, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model(batch, SubModel(1.0, (3,))), theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_first_k_layers_equal_a_library_model_with_k_layers():
-    """Depth k is the library model with num_hidden_layers = k on the same first layers."""
-    model = build_from_parts("llama", tiny_config("llama"), sort_heads=False).eval()
-    ids = torch.randint(0, 50, (2, 10))
-    for k in (1, 2):
-        small = model.extract(SubModel(1.0, (k,)))
-        assert small.hf.config.num_hidden_layers == k
-        torch.testing.assert_close(model(TokenBatch(ids), SubModel(1.0, (k,))), small.hf(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2", "gpt_neox", "bert", "distilbert"])
+def test_full_model_equals_the_library_forward_with_sdpa(model_type):
+    model = build(model_type, attention="sdpa")
+    batch = batch_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), library_logits(model.hf, batch), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "llama"])
-@pytest.mark.parametrize("sort_heads", [False, True])
-def test_sliced_width_equals_the_extracted_library_model(family, sort_heads):
-    """Views of the shared tensors give what a standalone model of the smaller sizes gives;
-    the extracted model is a plain library model (its own config, no sortednet code)."""
-    model = build_from_parts(family, tiny_config(family), sort_heads=sort_heads).eval()
-    batch = padded_batch(family) if family != "llama" else TokenBatch(torch.randint(0, 50, (2, 10)))
-    for sub in (SubModel(0.25, (1,)), SubModel(0.5, (2,)), SubModel(0.75, (3,))):
+@pytest.mark.parametrize("model_type", DECODERS + ENCODERS)
+def test_sub_models_equal_standalone_library_models(model_type):
+    """Depth k with width w is the library model with k layers and that many FFN units (and,
+    where the layout cuts heads, heads), on the same leading tensors; the extracted model is a
+    plain library model of the same type (its own config, no sortednet code)."""
+    sort_heads = model_type in HEADS_CUT
+    model = build(model_type, sort_heads=sort_heads)
+    batch = batch_for(model)
+    for sub in (SubModel(1.0, (1,)), SubModel(1.0, (2,)), SubModel(0.25, (1,)), SubModel(0.5, (2,)), SubModel(0.75, (3,))):
         small = model.extract(sub)
-        expected = small.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).logits if family != "llama" else small.hf(input_ids=batch.input_ids).logits
-        torch.testing.assert_close(model(batch, sub), expected, rtol=1e-5, atol=1e-5)
-        assert small.hf.config.intermediate_size == model.units(sub.width)["ffn"]
+        assert small.hf.config.model_type == model_type and small.hf.config.num_hidden_layers == sub.depth[0]
+        assert small.layout.ffn(small.config) == model.units(sub.width)["ffn"]
+        with torch.no_grad():
+            torch.testing.assert_close(model(batch, sub), library_logits(small.hf, batch), rtol=1e-4, atol=1e-5)
         rebuilt = build_from_arch(model.sub_arch(sub))
         assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in small.parameters())
-    if sort_heads:  # cut heads are kept, zeroed: configs cannot hold fewer heads of the same size
-        assert model.extract(SubModel(0.25, (1,))).hf.config.num_attention_heads == 4
 
 
-def test_sliced_width_trains_the_shared_tensors():
-    model = build_from_parts("bert", tiny_config("bert"), sort_heads=True)
-    model(padded_batch("bert"), SubModel(0.5, (2,))).sum().backward()
-    ffn = model.layers[0].intermediate.dense.weight.grad
-    assert ffn[:24].abs().sum() > 0 and ffn[24:].abs().sum() == 0  # only the kept units learn
-    query = model.layers[0].attention.self.query.weight.grad
-    assert query[:16].abs().sum() > 0 and query[16:].abs().sum() == 0
-    assert model.layers[2].intermediate.dense.weight.grad is None  # layer 3 did not run
+@pytest.mark.parametrize("model_type", sorted(set(DECODERS + ENCODERS) - HEADS_CUT))
+def test_layouts_that_cannot_cut_heads_say_so(model_type):
+    with pytest.raises(UserError, match="cannot run fewer heads"):
+        build(model_type, sort_heads=True)
 
 
-def test_additive_mask_matches_padding_and_causality():
-    padding = torch.tensor([[1, 1, 0]])
-    mask = hf_compat.additive_mask(padding, 3, 3, torch.float32, torch.device("cpu"), causal=True)
-    allowed = mask[0, 0] == 0
-    assert allowed.tolist() == [[True, False, False], [True, True, False], [True, True, False]]
-    assert hf_compat.additive_mask(torch.ones(1, 3), 3, 3, torch.float32, torch.device("cpu"), causal=False) is None
-    # Two new queries after five cached positions see everything up to themselves.
-    decoding = hf_compat.additive_mask(None, 2, 7, torch.float32, torch.device("cpu"), causal=True)[0, 0] == 0
-    assert decoding.sum(dim=1).tolist() == [6, 7]
+@pytest.mark.parametrize("model_type", ["llama", "phi3", "gpt2", "gpt_neox", "distilbert", "deberta-v2"])
+def test_narrow_width_trains_only_the_kept_units(model_type):
+    model = build(model_type).train()
+    model(batch_for(model), SubModel(0.5, (2,))).float().sum().backward()
+    kept = model.units(0.5)["ffn"]
+    grads = {name: p.grad for name, p in model.layers[0].named_parameters() if p.grad is not None}
+    sliced = model.layout.slices(model.layers[0], model.config, model.units(1.0)["heads"], model.units(1.0)["kv_heads"], kept)
+    assert sliced, "width 0.5 must cut FFN units"
+    for name in sliced:  # every sliced tensor has gradient exactly where the sub-model reads it
+        grad = grads[name]
+        assert grad.abs().sum() > 0
+        narrow = sliced[name]
+        mask = torch.zeros_like(grad, dtype=torch.bool)
+        rows = narrow.shape[0] if narrow.shape[0] != grad.shape[0] else grad.shape[0]
+        cols = narrow.shape[1] if narrow.dim() > 1 and narrow.shape[1] != grad.shape[1] else (grad.shape[1] if grad.dim() > 1 else None)
+        if name.endswith("gate_up_proj.weight"):  # fused [gate; up]: two row blocks
+            full = grad.shape[0] // 2
+            mask[:kept] = True
+            mask[full:full + kept] = True
+        elif cols is None:
+            mask[:rows] = True
+        else:
+            mask[:rows, :cols] = True
+        assert grad[~mask].abs().sum() == 0, name
+    assert all(p.grad is None for p in model.layers[2].parameters())  # layer 3 did not run
 
 
-def test_layer_cache_appends_and_crops_per_layer():
-    model = build_from_parts("llama", tiny_config("llama"), sort_heads=False).eval()
-    ids = torch.randint(0, 50, (1, 8))
-    full = model.hf(input_ids=ids).logits
-    cache = hf_compat.LayerCache(3)
+@pytest.mark.parametrize("model_type", DECODERS)
+def test_greedy_decoding_equals_the_library_generate_and_speculation_equals_greedy(model_type):
+    model = build(model_type)
+    prompt = [5, 17, 3, 9, 22, 41]
+    decoder = ExitDecoder(model)
+    ours = decoder.full(prompt, 20).tokens
     with torch.no_grad():
-        pieces = []
-        for start, stop in ((0, 5), (5, 8)):
-            hidden = hf_compat.decoder_embed(model.hf, ids[:, start:stop])
+        ids = torch.tensor([prompt])
+        out = model.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    assert ours == out[0, len(prompt):].tolist()
+    for draft_exit, draft_len in ((1, 1), (1, "auto"), (2, 3)):
+        assert decoder.speculative(prompt, 20, draft_exit, draft_len).tokens == ours
+    assert len(decoder.early_exit(prompt, 20, threshold=0.9).tokens) == 20
+    assert decoder.exit(prompt, 20, 1).tokens == ExitDecoder(model.extract(SubModel(1.0, (1,)))).full(prompt, 20).tokens
+
+
+@pytest.mark.parametrize("model_type", DECODERS)
+def test_decoding_cache_holds_the_full_forward_keys(model_type):
+    """Feeding a sequence in two pieces through the layer cache gives the one-pass logits."""
+    model = build(model_type)
+    ids = torch.randint(0, VOCAB, (1, 9))
+    cache = hf_compat.LayerCache(3)
+    pieces = []
+    with torch.no_grad():
+        full = model(TokenBatch(ids))
+        for start, stop in ((0, 6), (6, 9)):
             positions = torch.arange(start, stop)[None]
-            pe = hf_compat.rotary(model.hf, hidden, positions)
-            mask = hf_compat.additive_mask(None, stop - start, stop, hidden.dtype, hidden.device, causal=True)
-            for layer in model.layers:
-                hidden = hf_compat.run_decoder_layer(layer, hidden, mask, pe, cache)
-            pieces.append(hf_compat.decoder_logits(model.hf, hidden))
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
-    assert [cache.length(i) for i in range(3)] == [8, 8, 8]
+            hidden = model.embed(ids[:, start:stop], positions)
+            table = model.positions(hidden, positions)
+            for index in range(3):
+                hidden = model.run_layer(index, hidden, model.layer_mask(index, None, stop - start, stop, hidden), table, cache)
+            pieces.append(model.logits(hidden))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-5)
+    assert [cache.length(i) for i in range(3)] == [9, 9, 9]
     cache.crop(2, 6)
-    assert [cache.length(i) for i in range(3)] == [8, 8, 6]
+    assert [cache.length(i) for i in range(3)] == [9, 9, 6]
 
 
-def test_decoder_is_the_family_class():
-    model = build_from_parts("llama", tiny_config("llama"), sort_heads=False)
-    assert isinstance(model, SortedDecoder) and model.depth_limits == (3,)
+@pytest.mark.parametrize("model_type", DECODERS + ENCODERS)
+def test_a_saved_pretrained_model_loads_bit_exactly_and_its_export_loads_with_the_auto_class(model_type, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    model = build(model_type)
+    model.hf.save_pretrained(tmp_path / "pretrained")
+    causal = model_type in DECODERS
+    if causal:
+        loaded = build_decoder(OmegaConf.structured(DecoderConfig(pretrained=str(tmp_path / "pretrained"))), VOCAB)
+    else:
+        cfg = OmegaConf.structured(EncoderConfig(pretrained=str(tmp_path / "pretrained")))
+        loaded = build_encoder(cfg, VOCAB, 3, 1, "single_label_classification")
+    ours, theirs = model.hf.state_dict(), loaded.hf.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    sub = SubModel(0.5, (2,))
+    small = model.extract(sub)
+    small.hf.save_pretrained(tmp_path / "export")
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    assert auto.__name__ == model.layout.auto_class
+    exported = auto.from_pretrained(tmp_path / "export").eval()
+    batch = batch_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(library_logits(exported, batch), model(batch, sub), rtol=1e-4, atol=1e-5)
+
+
+def test_a_pretrained_directory_of_an_unsupported_type_is_one_line(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("opt", vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=16,
+                                  word_embed_proj_dim=16, max_position_embeddings=32)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"'opt' is not a supported decoder \(supported: .*gpt2.*\); docs/architecture.md"):
+        build_decoder(OmegaConf.structured(DecoderConfig(pretrained=str(tmp_path))), VOCAB)
+    with pytest.raises(UserError, match="not a supported encoder"):
+        build_encoder(OmegaConf.structured(EncoderConfig(arch="gpt2")), VOCAB, 2, 0, "single_label_classification")
+
+
+def test_model_arch_must_match_the_pretrained_type(tmp_path):
+    build("gpt2").hf.save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="model.arch=qwen2, but .* holds a gpt2 model"):
+        build_decoder(OmegaConf.structured(DecoderConfig(arch="qwen2", pretrained=str(tmp_path))), VOCAB)
+
+
+def test_additive_mask_matches_padding_causality_and_windows():
+    cpu = torch.device("cpu")
+    padding = torch.tensor([[1, 1, 0]])
+    mask = hf_compat.additive_mask(padding, 3, 3, torch.float32, cpu, causal=True)
+    assert (mask[0, 0] == 0).tolist() == [[True, False, False], [True, True, False], [True, True, False]]
+    assert hf_compat.additive_mask(torch.ones(1, 3), 3, 3, torch.float32, cpu, causal=False) is None
+    # Two new queries after five cached positions see everything up to themselves.
+    decoding = hf_compat.additive_mask(None, 2, 7, torch.float32, cpu, causal=True)[0, 0] == 0
+    assert decoding.sum(dim=1).tolist() == [6, 7]
+    # A window of 3: each query sees itself and the two before it; one query within the window needs no mask.
+    windowed = hf_compat.additive_mask(None, 2, 7, torch.float32, cpu, causal=True, window=3)[0, 0] == 0
+    assert windowed.tolist() == [[False, False, False, True, True, True, False], [False, False, False, False, True, True, True]]
+    assert hf_compat.additive_mask(None, 1, 3, torch.float32, cpu, causal=True, window=3) is None

@@ -18,7 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from sortednet_cli.engine.train import train
-from sortednet_cli.models import ARCHITECTURES, MODELS, SortedModel
+from sortednet_cli.models import ModelFamily, SortedModel, register_family
 from sortednet_cli.models.staged import StagedNetwork
 from sortednet_cli.sorted.submodel import scaled
 from sortednet_cli.tasks import TASKS, Metric, Task
@@ -101,6 +101,8 @@ class ToyRegression:
     """y = a smooth function of 8 numbers; the metric is the mean squared error."""
 
     name = "toy_regression"
+    kind = "regression"
+    tokenizer = None
     metric = Metric("mse", higher_is_better=False, lower=0.0)
     memory_format = torch.contiguous_format
     eval_name = "val"
@@ -152,8 +154,8 @@ class ToyRegression:
 
 
 def register_toys() -> None:
-    MODELS.register("toy_mlp", schema=ToyModelConfig)(lambda cfg: ToyMLP(cfg.dim, cfg.hidden, [cfg.layers]))
-    ARCHITECTURES.register("toy_mlp")(ToyMLP)
+    register_family(ModelFamily("toy_mlp", ToyModelConfig, lambda cfg: ToyMLP(cfg.dim, cfg.hidden, [cfg.layers]), {"toy_mlp": ToyMLP},
+                                frozenset({"regression"})))
     TASKS.register("toy_regression", schema=ToyDataConfig)(ToyRegression)
     store = ConfigStore.instance()
     store.store(group="model", name="toy_mlp", node={"defaults": ["/schemas/model/toy_mlp@_here_", "_self_"]})

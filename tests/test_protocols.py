@@ -4,17 +4,17 @@ not only the method names, but the equivalences the engine relies on."""
 import pytest
 import torch
 
-from sortednet_cli.models import MODELS, SortedModel, build_model
+from sortednet_cli.models import FAMILIES, SortedModel, build_model
 from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.sorted.submodel import SubModel, full_submodel
 from sortednet_cli.tasks import TASKS, Task, build_task
 
 from conftest import compose_config, tiny_text_overrides
 
-FAMILIES = MODELS.names()
+FAMILY_NAMES = FAMILIES.names()
 
 
-TEXT_FAMILIES = ("bert", "roberta", "llama")
+TEXT_FAMILIES = ("bert", "roberta", "llama", "encoder", "decoder")
 
 
 def family(name, request):
@@ -41,7 +41,7 @@ def walk(model, x, sub):
     return model.run_head(h, sub.width)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_every_model_family_keeps_the_protocol(name, request):
     cfg, model, task = family(name, request)
     assert isinstance(model, SortedModel)

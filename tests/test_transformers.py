@@ -56,13 +56,14 @@ def test_all_exits_logs_every_exit_and_trains_the_mean(text_run):
 
 
 def test_all_exits_gradient_is_the_mean_of_the_exits():
-    from sortednet_cli.models.transformer import TokenBatch, build_from_parts, library_classes
+    from transformers import LlamaConfig
+
+    from sortednet_cli.models.transformer import TokenBatch, sorted_from_config
     from sortednet_cli.sorted.exits import AllExits
     from sortednet_cli.sorted.pool import build_pool
     from sortednet_cli.sorted.submodel import SubModel
 
-    config_class, _, _ = library_classes("llama")
-    model = build_from_parts("llama", config_class(vocab_size=30, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=40), False)
+    model = sorted_from_config(LlamaConfig(vocab_size=30, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=40))
     ids = torch.randint(0, 30, (2, 9))
     inputs, targets = TokenBatch(ids[:, :-1]), ids[:, 1:]
     loss = lambda logits, t: F.cross_entropy(logits.flatten(0, 1), t.flatten())  # noqa: E731
@@ -186,16 +187,16 @@ def test_pretrained_weights_and_tokenizer_load_offline(text_run, tmp_path, glue_
     assert result.model.depth_limits == (3,) and result.model.config.hidden_size == 48
     assert len(read_csv(result.run_dir / "grid.csv")) == 3
 
-    with pytest.raises(UserError, match="not a bert model directory"):
+    with pytest.raises(UserError, match="nowhere: not a model directory or hub id"):
         text_run("bert", f"model.pretrained={tmp_path / 'nowhere'}", name="bad")
-    with pytest.raises(UserError, match="holds a bert model, not llama"):
+    with pytest.raises(UserError, match="model_type 'bert' is not a supported decoder"):
         text_run("llama", f"model.pretrained={pretrained}", name="bad2")
 
 
 def test_text_tasks_name_bad_input(text_run, tmp_path, glue_root, text_path):
-    with pytest.raises(UserError, match="needs a decoder"):
+    with pytest.raises(UserError, match=r"data=text is language modeling, which model=bert does not do \(models for it: decoder, llama\)"):
         train(compose_config("train", ["model=bert", "data=text", f"data.path={text_path}"]), tmp_path / "x", console=quiet())
-    with pytest.raises(UserError, match="needs an image model"):
+    with pytest.raises(UserError, match=r"data=fake is image classification, which model=bert does not do \(models for it: cpreresnet20, mobilenetv2\)"):
         train(compose_config("train", ["model=bert", "data=fake"]), tmp_path / "y", console=quiet())
     with pytest.raises(UserError, match="longer than the model's context"):
         text_run("llama", "data.block_size=64")
@@ -238,7 +239,7 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
 def test_generate_refuses_an_encoder_checkpoint(text_run, tmp_path, capsys):
     result = text_run("bert", "pool=enc_tiny", "trainer.max_steps=2", "trainer.eval_grid=false")
     code, out, err = run_cli(["generate", f"checkpoint={result.run_dir}", f"hydra.run.dir={tmp_path / 'g'}"], capsys)
-    assert code == 2 and "need a decoder" in err
+    assert code == 2 and "which does not decode; generate and bench-decode need one that does (decoder, llama)" in err
 
 
 def test_bench_compares_the_encoder_loop_side_by_side(tmp_path, glue_root, text_path, capsys):

@@ -9,7 +9,6 @@ from rich.table import Table
 from ..cli import hydra_command
 from ..decode.bench import bench_decode, plot_decode
 from ..engine.decoding import open_decoder
-from ..errors import UserError
 from ..jsonfiles import write_json
 from ..reports.console import make_console
 from ..tasks import build_task
@@ -18,11 +17,7 @@ from ..tasks import build_task
 def validation_prompts(decoder_run, count: int, length: int) -> list[list[int]]:
     """`count` windows of `length` tokens spread evenly over the run's validation text."""
     task = build_task(decoder_run.run.cfg.data, decoder_run.run.cfg.model, decoder_run.run.device, False, state=decoder_run.run.task_state)
-    stream = task.val_stream
-    if count < 1 or length < 1 or len(stream) < count * length:
-        raise UserError(f"bench.prompt_count={count} and bench.prompt_tokens={length} must be >= 1 and fit the {len(stream)} validation tokens")
-    step = (len(stream) - length) // count
-    return [stream[i * step:i * step + length].tolist() for i in range(count)]
+    return task.prompt_windows(count, length)
 
 
 def default_draft_exits(depth: int) -> list[int]:

@@ -11,6 +11,7 @@ from ..reports.console import make_console
 from ..cli import hydra_command
 from ..engine.eval_grid import open_trained_run, task_for
 from ..engine.evaluate import EvalData, recalibrates
+from ..models import family_of
 from ..engine.export import export_hf_dir, export_one, full_model_bytes, requested_submodels
 
 
@@ -23,12 +24,12 @@ def main(cfg: DictConfig) -> None:
     subs = requested_submodels(cfg.sub, path, model.depth_limits)
     recalibrate_bn = recalibrates(model, cfg.eval)
     # Models with norm statistics need the calibration examples; library models, the tokenizer.
-    library_model = hasattr(model, "export_hf")
-    task = task_for(run, cfg, hydra_cfg.overrides.task) if recalibrate_bn or library_model else None
+    auto_class = family_of(model).hf_auto_class
+    task = task_for(run, cfg, hydra_cfg.overrides.task) if recalibrate_bn or auto_class else None
     calib_batches = EvalData.from_task(task, cfg.eval).calib_batches if recalibrate_bn else None
     out_dir = Path(hydra_cfg.runtime.output_dir)
     rows = [export_one(model, sub, calib_batches, recalibrate_bn, path, out_dir) for sub in subs]
-    if library_model:
+    if auto_class:
         for row, sub in zip(rows, subs):
             row["hf_dir"] = str(export_hf_dir(model, sub, task.tokenizer, out_dir))
 
@@ -44,10 +45,9 @@ def main(cfg: DictConfig) -> None:
     console.print(
         f"full model: {full_params:,} parameters, weights {full_bytes / 1024:.1f} KiB; training checkpoint {checkpoint_bytes / 1024:.1f} KiB "
         "(with optimizer state)."
-        + ("" if library_model else f" BN {'recalibrated per sub-model' if recalibrate_bn else 'not recalibrated'}. Load with sortednet_cli.load_exported(path)."),
+        + ("" if auto_class else f" BN {'recalibrated per sub-model' if recalibrate_bn else 'not recalibrated'}. Load with sortednet_cli.load_exported(path)."),
         highlight=False,
     )
-    if library_model:
-        auto = "AutoModelForCausalLM" if model.arch["name"] == "llama" else "AutoModelForSequenceClassification"
+    if auto_class:
         console.print(f"Hugging Face directories (config.json, safetensors, tokenizer): {', '.join(r['hf_dir'] for r in rows)}; "
-                      f"load with transformers.{auto}.from_pretrained(dir), no sortednet needed.", highlight=False)
+                      f"load with transformers.{auto_class}.from_pretrained(dir), no sortednet needed.", highlight=False)

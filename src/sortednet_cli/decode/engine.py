@@ -4,7 +4,8 @@ exit and lossless self-speculation, all over one KV cache.
 Sorted training makes every depth a usable LM with the shared final norm and head, so one set of
 weights can draft, verify and exit early. That needs a cache whose layers hold different lengths
 (a token that stopped at exit e has no keys/values above e), which the library's `generate` does
-not keep; this module runs the library's own layers one at a time through models/hf_compat.
+not keep; this module runs the library's own layers one at a time through the model's layout
+(models/hf_layouts.py).
 
 Batch size 1, full width. Greedy self-speculation is token-identical to greedy decoding of the
 full model in float32 (lower precisions can flip near-ties between the batched verification and
@@ -21,6 +22,7 @@ import torch
 
 from ..errors import UserError
 from ..models import hf_compat
+from ..models import family_of
 from ..models.transformer import SortedDecoder, TokenBatch
 
 DraftLen = Union[int, str]
@@ -107,8 +109,8 @@ class ExitDecoder:
     """
 
     def __init__(self, model: SortedDecoder):
-        if not isinstance(model, SortedDecoder):
-            raise UserError(f"decoding needs a decoder (llama) model, not {type(model).__name__}")
+        if not family_of(model).decodes:
+            raise UserError(f"decoding needs a model whose family decodes, not {type(model).__name__}")
         self.model = model
         self.hf = model.hf
         self.layers = model.layers
@@ -133,7 +135,8 @@ class ExitDecoder:
     def _embed(self, token_ids: Sequence[int]) -> None:
         """New tokens join the queue of the first layer."""
         device = self.hf.device
-        hidden = hf_compat.decoder_embed(self.hf, torch.tensor([list(token_ids)], device=device))
+        positions = torch.arange(self.fed, self.fed + len(token_ids), device=device)[None]
+        hidden = self.model.embed(torch.tensor([list(token_ids)], device=device), positions)
         self._enqueue(0, hidden)
         self.fed += len(token_ids)
 
@@ -141,7 +144,7 @@ class ExitDecoder:
         """Rotary (cos, sin) of positions start .. start+count-1; layers of one step share them."""
         if self._rotary_key != (start, count):
             positions = torch.arange(start, start + count, device=hidden.device)[None]
-            self._rotary = hf_compat.rotary(self.hf, hidden, positions)
+            self._rotary = self.model.positions(hidden, positions)
             self._rotary_key = (start, count)
         return self._rotary
 
@@ -149,8 +152,8 @@ class ExitDecoder:
         """Layer `index` over every position waiting for it, in one call."""
         hidden = self.waiting[index]
         start, count = self.cache.length(index), hidden.shape[1]
-        mask = None if count == 1 else hf_compat.additive_mask(None, count, start + count, hidden.dtype, hidden.device, causal=True)
-        out = hf_compat.run_decoder_layer(self.layers[index], hidden, mask, self._position_embeddings(hidden, start, count), self.cache)
+        mask = self.model.layer_mask(index, None, count, start + count, hidden)
+        out = self.model.run_layer(index, hidden, mask, self._position_embeddings(hidden, start, count), self.cache)
         self.waiting[index] = None
         self._enqueue(index + 1, out)
 
@@ -162,7 +165,7 @@ class ExitDecoder:
 
     def _logits(self, depth: int, count: int) -> torch.Tensor:
         """Next-token logits [count, vocab] of the last `count` positions waiting at exit `depth`."""
-        return hf_compat.decoder_logits(self.hf, self.waiting[depth][:, -count:])[0]
+        return self.model.logits(self.waiting[depth][:, -count:])[0]
 
     # --- checks and bookkeeping ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..models import MODELS
+from ..models import FAMILIES
 from ..tasks import TASKS
 from .optim import OPTIMIZERS, SCHEDULERS
 
@@ -25,7 +25,7 @@ def checkpoint_config(checkpoint: dict) -> DictConfig:
     optimizer, schedule) typed by their own schemas, keys added since filled with defaults."""
     saved = OmegaConf.create(checkpoint["config"])
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
-    for key, registry in (("model", MODELS), ("data", TASKS), ("optim", OPTIMIZERS), ("sched", SCHEDULERS)):
+    for key, registry in (("model", FAMILIES), ("data", TASKS), ("optim", OPTIMIZERS), ("sched", SCHEDULERS)):
         cfg[key] = registry.typed(saved[key].name, saved[key])
     return cfg
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 
 from ..errors import UserError
+from ..models import FAMILIES, family_of
 from ..models.transformer import SortedDecoder
 from ..tasks.text.tokenizers import tokenizer_from_state, tokenizer_kind, unknown_characters
 from .eval_grid import TrainedRun, open_trained_run
+from .runtime import set_threads
 
 
 @dataclass
@@ -43,11 +44,11 @@ class DecoderRun:
 
 def open_decoder(location: Optional[str], device_name: str, threads: int, console) -> DecoderRun:
     """A train checkpoint of the decoder family, in eval mode, float32, with its tokenizer."""
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads, "threads")
     run = open_trained_run(location, device_name, console)
-    if not isinstance(run.model, SortedDecoder):
-        raise UserError(f"{run.path} holds a {run.cfg.model.name} model; generate and bench-decode need a decoder (model=llama)")
+    if not family_of(run.model).decodes:
+        raise UserError(f"{run.path} holds a model={run.cfg.model.name} model, which does not decode; generate and bench-decode "
+                        f"need one that does ({', '.join(n for n in FAMILIES.names() if FAMILIES.get(n).decodes)})")
     if not run.task_state or "tokenizer" not in run.task_state:
         raise UserError(f"{run.path} has no tokenizer saved with it")
     return DecoderRun(run, run.model.float().eval(), tokenizer_from_state(run.task_state["tokenizer"]))

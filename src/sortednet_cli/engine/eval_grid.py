@@ -15,8 +15,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..decode.bench import ms_per_decoded_token
-from ..models import build_from_arch
-from ..models.transformer import SortedDecoder
+from ..models import build_from_arch, family_of
 from ..models.cost import mflops_per_example
 from ..reports.grid_report import grid_columns, grid_table, save_heatmap, write_grid
 from ..reports.selection_report import print_selection, write_selection
@@ -158,7 +157,7 @@ def grid_row(model: nn.Module, sub: SubModel, score: float, baseline: float, tas
         for batch_size in LATENCY_BATCH_SIZES:
             inputs = task.example_input(batch_size)
             row[f"latency_ms_bs{batch_size}"] = round(latency_ms_per_example(small, inputs, batch_size, eval_cfg.latency_repeats), 5)
-        if isinstance(small, SortedDecoder):  # a language model is for decoding: time a token of it
+        if family_of(small).decodes:  # a language model is for decoding: time a token of it
             prompt = task.example_input(1).input_ids[0, :16].tolist()
             row["decode_ms_per_token"] = round(ms_per_decoded_token(small, prompt, eval_cfg.latency_repeats), 4)
     return row

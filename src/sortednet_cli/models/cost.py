@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..sorted.submodel import SubModel
-from .registry import build_from_arch
+from .registry import build_from_arch, family_of
 
 
 def parameter_count(model: nn.Module, sub: SubModel) -> int:
@@ -25,8 +24,7 @@ def mflops_per_example(model: nn.Module, sub: SubModel, example: Any) -> float:
     was_training = model.training
     model.eval()
     # Models with attention kernels the counter cannot see switch to countable ones for it.
-    counting = getattr(model, "countable_attention", contextlib.nullcontext)
-    with counting(), FlopCounterMode(display=False) as counter:
+    with family_of(model).flop_context(model), FlopCounterMode(display=False) as counter:
         model(example, sub)
     model.train(was_training)
     return counter.get_total_flops() / 1e6

@@ -23,8 +23,8 @@ from torch import nn
 from ..errors import UserError
 from ..sorted.submodel import scaled
 from .layers import Norm, SlicedConv2d, SlicedDepthwiseConv2d, make_norm
-from .registry import ARCHITECTURES, MODELS
-from .staged import StagedNetwork
+from .registry import ModelFamily, register_family
+from .staged import StagedNetwork, image_bench
 
 # Per stage: (expansion t, output channels c, blocks n, stride of the first block s). Stage 2
 # keeps stride 1 (ImageNet's has 2), so a 32x32 input ends at 4x4.
@@ -98,7 +98,6 @@ class MobileNetV2Config:
     gn_groups: int = 8
 
 
-@ARCHITECTURES.register("mobilenetv2")
 class MobileNetV2(StagedNetwork):
     def __init__(
         self,
@@ -196,8 +195,11 @@ class MobileNetV2(StagedNetwork):
         return self.head
 
 
-@MODELS.register("mobilenetv2", schema=MobileNetV2Config)
 def mobilenetv2_from_config(cfg) -> MobileNetV2:
     if cfg.num_classes < 1:
         raise UserError(f"model.num_classes must be >= 1 (got {cfg.num_classes})")
     return MobileNetV2(norm=cfg.norm.value, num_classes=cfg.num_classes, gn_groups=cfg.gn_groups)
+
+
+register_family(ModelFamily("mobilenetv2", MobileNetV2Config, mobilenetv2_from_config, {"mobilenetv2": MobileNetV2},
+                            frozenset({"image_classification"}), bench=image_bench))

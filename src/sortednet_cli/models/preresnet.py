@@ -17,8 +17,8 @@ from torch import nn
 from ..errors import UserError
 from ..sorted.submodel import scaled
 from .layers import Norm, SlicedConv2d, make_norm
-from .registry import ARCHITECTURES, MODELS
-from .staged import StagedNetwork
+from .registry import ModelFamily, register_family
+from .staged import StagedNetwork, image_bench
 
 EXPANSION = 4
 FULL_STEM = 16
@@ -55,7 +55,6 @@ class CPreResNetConfig:
     gn_groups: int = 8
 
 
-@ARCHITECTURES.register("preresnet")
 class PreResNet(StagedNetwork):
     def __init__(
         self,
@@ -131,7 +130,6 @@ class PreResNet(StagedNetwork):
         return self.head_norm
 
 
-@MODELS.register("cpreresnet20", schema=CPreResNetConfig)
 def cpreresnet_from_config(cfg) -> PreResNet:
     if cfg.blocks_per_stage < 1:
         raise UserError(f"model.blocks_per_stage must be >= 1 (got {cfg.blocks_per_stage})")
@@ -143,3 +141,7 @@ def cpreresnet_from_config(cfg) -> PreResNet:
 def cpreresnet(blocks_per_stage: int, norm: str, num_classes: int, gn_groups: int) -> PreResNet:
     """cPreResNet of depth 9n+2 at full width (n = blocks_per_stage; n=2 is cPreResNet20)."""
     return PreResNet(blocks=(blocks_per_stage,) * 3, norm=norm, num_classes=num_classes, gn_groups=gn_groups)
+
+
+register_family(ModelFamily("cpreresnet20", CPreResNetConfig, cpreresnet_from_config, {"preresnet": PreResNet},
+                            frozenset({"image_classification"}), bench=image_bench))

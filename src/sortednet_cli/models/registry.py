@@ -1,24 +1,86 @@
-"""Model registries: a config's `model.name` -> a builder of the full sorted network, and an
-architecture description's `name` -> the class that rebuilds it (full or standalone)."""
+"""Model families: one plug-in object per family, registered once.
+
+A `ModelFamily` declares everything code outside the family may ask of it: how it builds a
+network from its config (and what it needs from the task to do so), how it rebuilds one from a
+checkpoint's architecture description, which task kinds it pairs with, and its optional
+capabilities (a Hugging Face export, decoding, its bench). The engine, the tasks and the commands
+ask the family; none of them compares family names or model types.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 from torch import nn
 
+from ..errors import UserError
 from ..registry import Registry
 
-MODELS = Registry("model.name", group="model")
-ARCHITECTURES = Registry("architecture")
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str  # the model.name that picks it (conf/model/<name>.yaml)
+    schema: type  # its config dataclass (typed overrides fail at once, naming the key)
+    build: Callable[..., nn.Module]  # (model cfg, **task.model_fields()) -> the full sorted network
+    archs: dict[str, Callable[..., nn.Module]]  # arch["name"] -> rebuild(**arch without its name)
+    task_kinds: frozenset[str]  # the Task.kind values it pairs with
+    aliases: tuple[str, ...] = ()  # other model.name values (presets) meaning this family
+    # Optional capabilities, None / False where the family has none.
+    hf_auto_class: Optional[str] = None  # export writes Hugging Face directories this transformers class loads
+    decodes: bool = False  # generate and bench-decode run it (a causal LM with exits)
+    text: Optional[Callable[[Any], "TextProfile"]] = None  # what a text task needs to know of the model config
+    bench: Optional[Callable[..., dict]] = None  # sortednet bench for it: (cfg, device, console) -> report
+    bench_hint: str = ""  # why there is no bench, and what to run instead
+    flop_context: Callable[[nn.Module], Any] = field(default=lambda model: contextlib.nullcontext())
+
+
+@dataclass(frozen=True)
+class TextProfile:
+    """What a text task asks of the model config: whose tokenizer to use and how inputs look."""
+
+    pretrained: Optional[str]  # a hub id or directory whose own tokenizer is used
+    scratch_tokenizer: str  # the tokenizer kind trained here without one: wordpiece, roberta_bpe, byte_bpe
+    token_types: bool  # the model takes token type ids (sentence pairs)
+    max_length: Optional[int]  # the longest input it takes (None: read from the pretrained config)
+
+
+FAMILIES: Registry[ModelFamily] = Registry("model.name", group="model")
+_BY_ARCH: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    for name in (family.name, *family.aliases):
+        FAMILIES.register(name, schema=family.schema)(family)
+    for arch in family.archs:
+        _BY_ARCH[arch] = family
+    return family
+
+
+def family_named(name: Any) -> ModelFamily:
+    return FAMILIES.get(name)
+
+
+def family_of(model: nn.Module) -> ModelFamily:
+    """The family of a built network (from the architecture it describes itself with)."""
+    return _BY_ARCH[model.arch["name"]]
 
 
 def build_model(cfg, fields: Optional[dict] = None) -> nn.Module:
     """The full-size sorted network for a `model` config; `fields` are what the task decides
     about the model (a text task's vocabulary size and label count: `task.model_fields()`)."""
-    return MODELS.get(cfg.name)(cfg, **(fields or {}))
+    return FAMILIES.get(cfg.name).build(cfg, **(fields or {}))
 
 
 def build_from_arch(arch: dict) -> nn.Module:
     kwargs = dict(arch)
-    return ARCHITECTURES.get(kwargs.pop("name", None))(**kwargs)
+    name = kwargs.pop("name", None)
+    if name not in _BY_ARCH:
+        raise UserError(f"architecture {name!r} is not known (known: {', '.join(sorted(_BY_ARCH))})")
+    return _BY_ARCH[name].archs[name](**kwargs)
+
+
+def families_for(task_kind: str) -> list[str]:
+    """The model.name values that pair with a task kind (for error messages)."""
+    return [name for name in FAMILIES.names() if task_kind in FAMILIES.get(name).task_kinds]

@@ -53,3 +53,10 @@ class StagedNetwork(nn.Module):
             for name, tensor in small.state_dict().items()
         })
         return small.to(next(self.parameters()).device)
+
+
+def image_bench(cfg, device, console) -> dict:
+    """The CNN families' `sortednet bench` (tasks/image/bench.py)."""
+    from ..tasks.image.bench import run_bench  # deferred: the bench imports the task layer
+
+    return run_bench(cfg, device, console)

@@ -1,8 +1,12 @@
-"""The `model=bert|roberta|llama` options: typed configs and builders of the sorted Transformers.
+"""The Transformer families: `model=encoder` (and its presets bert, roberta) and `model=decoder`
+(and its preset llama), their typed configs and builders.
 
-A text model's vocabulary (and a classifier's label count) belong to the task's tokenizer and
-data, so the builders take them from the task (`build_model(cfg, task.model_fields())`). With
-`model.pretrained` the sizes come from the pretrained config instead of these keys.
+A family covers every supported `model_type` of its kind (hf_layouts.py): from a pretrained
+directory or hub id (`model.pretrained`, the type read from its config.json) or from scratch
+(`model.arch` with the size keys). A text model's vocabulary (and a classifier's label count)
+belong to the task's tokenizer and data, so the builders take them from the task
+(`build_model(cfg, task.model_fields())`); with `model.pretrained` the sizes come from the
+pretrained config instead of these keys.
 """
 
 from __future__ import annotations
@@ -10,14 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from torch import nn
+
 from ..errors import UserError
-from .registry import MODELS
-from .transformer import FAMILIES, SortedTransformer, library_classes, load_pretrained
+from .hf_layouts import EncoderLayout, layout_for
+from .registry import ModelFamily, TextProfile, register_family
+from .transformer import SortedDecoder, SortedEncoder, check_pretrained, library_model, load_pretrained, rebuild
+
+# The architecture a preset builds from scratch when model.arch is not given.
+PRESET_ARCHS = {"encoder": "bert", "bert": "bert", "roberta": "roberta", "decoder": "llama", "llama": "llama"}
 
 
 @dataclass
 class EncoderConfig:
-    name: str = "bert"
+    name: str = "encoder"
+    arch: Optional[str] = None  # model_type built from scratch (bert, roberta, xlm-roberta, electra, distilbert, deberta-v2); null: the preset's
     layers: int = 4
     hidden: int = 256
     heads: int = 4
@@ -30,7 +41,8 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    name: str = "llama"
+    name: str = "decoder"
+    arch: Optional[str] = None  # model_type built from scratch (llama, mistral, qwen2, qwen3, olmo2, gemma2, phi3, gpt2, gpt_neox); null: the preset's
     layers: int = 6
     hidden: int = 192
     heads: int = 6
@@ -43,6 +55,10 @@ class DecoderConfig:
     pretrained: Optional[str] = None
 
 
+def scratch_arch(cfg) -> str:
+    return cfg.arch or PRESET_ARCHS[cfg.name]
+
+
 def _check_sizes(cfg, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = getattr(cfg, key)
@@ -52,51 +68,84 @@ def _check_sizes(cfg, keys: tuple[str, ...]) -> None:
         raise UserError(f"model.hidden={cfg.hidden} must be a multiple of model.heads={cfg.heads}")
 
 
-def _encoder_builder(family: str):
-    def build(cfg, vocab_size: int, num_labels: int, pad_token_id: int, problem_type: str) -> SortedTransformer:
-        extra = {"num_labels": num_labels, "problem_type": problem_type}
-        if cfg.pretrained:
-            hf = load_pretrained(family, cfg.pretrained, **extra)
-            if hf.config.vocab_size < vocab_size:
-                raise UserError(f"model.pretrained={cfg.pretrained}: its vocabulary ({hf.config.vocab_size}) is smaller than its tokenizer's ({vocab_size})")
-        else:
-            _check_sizes(cfg, ("layers", "hidden", "heads", "ffn", "max_length"))
-            config_class, model_class, _ = library_classes(family)
-            # RoBERTa numbers positions from pad_token_id + 1.
-            positions = cfg.max_length + (pad_token_id + 1 if family == "roberta" else 0)
-            config = config_class(
-                vocab_size=vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                intermediate_size=cfg.ffn, max_position_embeddings=positions, hidden_dropout_prob=cfg.dropout,
-                attention_probs_dropout_prob=cfg.dropout, pad_token_id=pad_token_id, type_vocab_size=2 if family == "bert" else 1,
-                **extra,
-            )
-            hf = model_class(config)
-        return FAMILIES[family](hf, cfg.sort_heads)
-
-    return build
+def _pretrained(cfg, causal: bool, **overrides) -> nn.Module:
+    hf = load_pretrained(cfg.pretrained, causal, **overrides)
+    if cfg.arch and cfg.arch != hf.config.model_type:
+        raise UserError(f"model.arch={cfg.arch}, but model.pretrained={cfg.pretrained} holds a {hf.config.model_type} model: drop model.arch")
+    return hf
 
 
-for _family in ("bert", "roberta"):
-    MODELS.register(_family, schema=EncoderConfig)(_encoder_builder(_family))
+def _check_vocabulary(hf: nn.Module, location: str, vocab_size: int) -> None:
+    if hf.config.vocab_size < vocab_size:
+        raise UserError(f"model.pretrained={location}: its vocabulary ({hf.config.vocab_size}) is smaller than its tokenizer's ({vocab_size})")
 
 
-@MODELS.register("llama", schema=DecoderConfig)
-def llama_from_config(cfg, vocab_size: int, bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> SortedTransformer:
+def build_encoder(cfg, vocab_size: int, num_labels: int, pad_token_id: int, problem_type: str) -> SortedEncoder:
     if cfg.pretrained:
-        hf = load_pretrained("llama", cfg.pretrained)
-        if hf.config.vocab_size < vocab_size:
-            raise UserError(f"model.pretrained={cfg.pretrained}: its vocabulary ({hf.config.vocab_size}) is smaller than its tokenizer's ({vocab_size})")
+        hf = _pretrained(cfg, causal=False, num_labels=num_labels, problem_type=problem_type)
+        _check_vocabulary(hf, cfg.pretrained, vocab_size)
+    else:
+        _check_sizes(cfg, ("layers", "hidden", "heads", "ffn", "max_length"))
+        arch = scratch_arch(cfg)
+        sizes = {"vocab_size": vocab_size, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "ffn": cfg.ffn,
+                 "max_length": cfg.max_length, "dropout": cfg.dropout, "pad_token_id": pad_token_id, "num_labels": num_labels,
+                 "problem_type": problem_type}
+        hf = library_model(layout_for(arch, causal=False).scratch_config(arch, sizes), causal=False)
+    return SortedEncoder(hf, cfg.sort_heads)
+
+
+def build_decoder(cfg, vocab_size: int, bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> SortedDecoder:
+    if cfg.pretrained:
+        hf = _pretrained(cfg, causal=True)
+        _check_vocabulary(hf, cfg.pretrained, vocab_size)
     else:
         _check_sizes(cfg, ("layers", "hidden", "heads", "kv_heads", "ffn", "context"))
         kv_heads = cfg.kv_heads or cfg.heads
         if cfg.heads % kv_heads:
             raise UserError(f"model.heads={cfg.heads} must be a multiple of model.kv_heads={kv_heads}")
-        config_class, model_class, _ = library_classes("llama")
-        config = config_class(
-            vocab_size=vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-            num_key_value_heads=kv_heads, intermediate_size=cfg.ffn, max_position_embeddings=cfg.context,
-            attention_dropout=cfg.dropout, rope_theta=cfg.rope_theta, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-            pad_token_id=None, tie_word_embeddings=False,
-        )
-        hf = model_class(config)
-    return FAMILIES["llama"](hf, cfg.sort_heads)
+        arch = scratch_arch(cfg)
+        sizes = {"vocab_size": vocab_size, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "kv_heads": kv_heads,
+                 "ffn": cfg.ffn, "context": cfg.context, "dropout": cfg.dropout, "rope_theta": cfg.rope_theta,
+                 "bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
+        hf = library_model(layout_for(arch, causal=True).scratch_config(arch, sizes), causal=True)
+    return SortedDecoder(hf, cfg.sort_heads)
+
+
+def encoder_profile(cfg) -> TextProfile:
+    if cfg.pretrained:
+        config = check_pretrained(cfg.pretrained, causal=False)
+        layout: EncoderLayout = layout_for(config.model_type, causal=False)
+        return TextProfile(cfg.pretrained, layout.scratch_tokenizer, layout.token_types(config), min(cfg.max_length, layout.max_input_length(config)))
+    layout = layout_for(scratch_arch(cfg), causal=False)
+    return TextProfile(None, layout.scratch_tokenizer, layout.scratch_token_types, cfg.max_length)
+
+
+def decoder_profile(cfg) -> TextProfile:
+    if cfg.pretrained:
+        config = check_pretrained(cfg.pretrained, causal=True)
+        return TextProfile(cfg.pretrained, "byte_bpe", False, layout_for(config.model_type, causal=True).max_input_length(config))
+    layout_for(scratch_arch(cfg), causal=True)
+    return TextProfile(None, "byte_bpe", False, cfg.context)
+
+
+def _text_bench(cfg, device, console) -> dict:
+    from ..tasks.text.bench import run_text_bench  # deferred: the bench imports the task layer
+
+    return run_text_bench(cfg, device, console)
+
+
+def _flop_context(model):
+    return model.countable_attention()
+
+
+register_family(ModelFamily(
+    "encoder", EncoderConfig, build_encoder, {"encoder": rebuild(causal=False), "bert": rebuild(causal=False), "roberta": rebuild(causal=False)},
+    frozenset({"sequence_classification"}), aliases=("bert", "roberta"), hf_auto_class="AutoModelForSequenceClassification",
+    text=encoder_profile, bench=_text_bench, flop_context=_flop_context,
+))
+register_family(ModelFamily(
+    "decoder", DecoderConfig, build_decoder, {"decoder": rebuild(causal=True), "llama": rebuild(causal=True)},
+    frozenset({"language_modeling"}), aliases=("llama",), hf_auto_class="AutoModelForCausalLM", decodes=True, text=decoder_profile,
+    bench_hint="bench measures training and the grid of classifiers; for a decoder use sortednet bench-decode checkpoint=<run>",
+    flop_context=_flop_context,
+))

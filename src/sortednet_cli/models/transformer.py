@@ -1,12 +1,14 @@
-"""Sorted Transformers on `transformers` models: BERT / RoBERTa classifiers and a LLaMA decoder.
+"""Sorted Transformers on `transformers` models: sequence classifiers (encoders) and causal
+language models (decoders) of every layout in hf_layouts.py.
 
 The network is the library's own model (`self.hf`), built from a config or loaded with
 `from_pretrained`; sortednet adds no layers. A sub-model is one stage of L layers: depth k runs
-the first k layers, then the shared head (BERT's pooler and classifier on the first token;
-RoBERTa's classification head; LLaMA's final RMSNorm and LM head). Width keeps the first FFN
-units of every layer (the project's round-half-up rule, at least 1) and, with `sort_heads`, the
-first attention heads, as views of the shared tensors; the hidden size is never cut. Every call
-below the library's public API goes through hf_compat.
+the first k layers, then the shared head (an encoder's classification head on the first token; a
+decoder's final norm and LM head). Width keeps the first FFN units of every layer (the project's
+round-half-up rule, at least 1) and, with `sort_heads` where the layout allows it, the first
+attention heads (key/value heads in whole groups), as slices of the shared tensors; the hidden
+size is never cut. What differs between architectures is asked of the layout (`self.layout`);
+every call below the library's public API goes through hf_compat and hf_layouts.
 
 The `transformers` imports are deferred to first use: importing them costs seconds, which the
 CNN commands should not pay.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 import torch
@@ -25,7 +27,7 @@ from torch import nn
 from ..errors import UserError
 from ..sorted.submodel import SubModel, scaled
 from . import hf_compat
-from .registry import ARCHITECTURES
+from .hf_layouts import DecoderLayout, EncoderLayout, layout_for, layout_kind
 
 
 @dataclass
@@ -47,23 +49,36 @@ class TokenBatch:
 
 @dataclass
 class LayerInput:
-    """What one layer takes besides the hidden states; the same for every layer of a pass."""
+    """What one layer takes besides the hidden states (masks, position tables, relative
+    positions: the layout's), the same for every layer of a pass."""
 
     hidden: torch.Tensor
-    mask: Optional[torch.Tensor]
-    position_embeddings: Any = None
+    extras: dict = field(default_factory=dict)
+
+
+def library_model(config, causal: bool) -> nn.Module:
+    """A freshly initialised library model of `config`: a causal LM or a sequence classifier."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    return auto.from_config(config)
 
 
 class SortedTransformer(nn.Module):
-    """What the encoder and decoder families share: one stage of layers, width as heads and FFN
-    units, no norm statistics (LayerNorm and RMSNorm need no recalibration)."""
+    """What encoders and decoders share: one stage of layers, width as heads and FFN units, no
+    norm statistics (LayerNorm and RMSNorm need no recalibration)."""
 
-    arch_name = ""
+    causal = False
+    arch_name = ""  # the arch["name"] a checkpoint records
 
     def __init__(self, hf_model: nn.Module, sort_heads: bool):
         super().__init__()
         self.hf = hf_model
+        self.layout = layout_for(hf_model.config.model_type, self.causal)
         self.sort_heads = bool(sort_heads)
+        if self.sort_heads and not self.layout.heads_cuttable(hf_model):
+            raise UserError(f"model.sort_heads=true: the {hf_model.config.model_type} layout cannot run fewer heads than its config "
+                            "names; leave sort_heads false (width then cuts FFN units only)")
         self.arch = {"name": self.arch_name, "config": hf_model.config.to_dict(), "sort_heads": self.sort_heads}
 
     @property
@@ -72,7 +87,7 @@ class SortedTransformer(nn.Module):
 
     @property
     def layers(self) -> nn.ModuleList:
-        raise NotImplementedError
+        return self.layout.layers(self.hf)
 
     @property
     def depth_limits(self) -> tuple[int, ...]:
@@ -80,18 +95,22 @@ class SortedTransformer(nn.Module):
 
     @property
     def head_dim(self) -> int:
-        return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+        return self.layout.head_dim(self.config)
 
     def units(self, width: float) -> dict:
-        heads = self.config.num_attention_heads
-        return {
-            "heads": scaled(heads, width) if self.sort_heads else heads,
-            "ffn": scaled(self.config.intermediate_size, width),
-        }
+        heads, kv_heads = self.layout.heads(self.config), self.layout.kv_heads(self.config)
+        kept = scaled(heads, width) if self.sort_heads else heads
+        group = heads // kv_heads
+        kept = -(-kept // group) * group  # grouped key/value heads are kept in whole groups
+        return {"heads": kept, "kv_heads": kept // group, "ffn": scaled(self.layout.ffn(self.config), width)}
 
     def unit_summary(self, width: float) -> str:
         units = self.units(width)
         return f"{units['heads']}h-{units['ffn']}ffn"
+
+    def layer_slices(self, index: int, width: float) -> dict:
+        units = self.units(width)
+        return self.layout.slices(self.layers[index], self.config, units["heads"], units["kv_heads"], units["ffn"])
 
     def recalibrated_norms(self) -> list[nn.Module]:
         return []
@@ -109,6 +128,9 @@ class SortedTransformer(nn.Module):
     def block_module(self, stage: int, index: int) -> nn.Module:
         return self.layers[index]
 
+    def head_module(self) -> nn.Module:
+        return nn.ModuleList(self.layout.head_modules(self.hf))
+
     def forward(self, inputs: TokenBatch, sub: Optional[SubModel] = None) -> torch.Tensor:
         width, depth = (1.0, len(self.layers)) if sub is None else (sub.width, sub.depth[0])
         state = self.run_stem(inputs, width)
@@ -117,26 +139,31 @@ class SortedTransformer(nn.Module):
         return self.run_head(state, width)
 
     def sub_config(self, sub: SubModel):
-        """The library config of `sub` as a standalone model."""
-        config = copy.deepcopy(self.config)
-        config.num_hidden_layers = sub.depth[0]
-        config.intermediate_size = self.units(sub.width)["ffn"]
-        return config
+        """The library config of `sub` as a standalone model (every head: see zero_cut_heads)."""
+        return self.layout.sub_config(self.config, sub.depth[0], self.units(sub.width)["ffn"])
 
     def sub_arch(self, sub: SubModel) -> dict:
         return {"name": self.arch_name, "config": self.sub_config(sub).to_dict(), "sort_heads": self.sort_heads}
 
     def extract(self, sub: SubModel) -> "SortedTransformer":
-        """`sub` as a standalone model of the same family holding copies of its slices."""
-        small = build_from_parts(self.arch_name, self.sub_config(sub), self.sort_heads)
+        """`sub` as a standalone library model of the same type holding copies of its tensors:
+        the first k layers, each narrowed by the same slices the sorted forward uses."""
+        small = type(self)(library_model(self.sub_config(sub), self.causal), self.sort_heads)
         small.to(next(self.parameters()).device)
+        units = self.units(sub.width)
+        full_heads = self.layout.heads(self.config)
+        prefix = next(name for name, module in self.hf.named_modules() if module is self.layers) + "."
+        narrowed = [self.layout.slices(self.layers[i], self.config, full_heads, self.layout.kv_heads(self.config), units["ffn"])
+                    for i in range(sub.depth[0])]
         source = self.hf.state_dict()
         with torch.no_grad():
-            # The small model's tensors are the leading slices of the same names (its layers
-            # are the first k, its FFN the first units).
             for name, target in small.hf.state_dict().items():
-                target.copy_(source[name][tuple(slice(0, n) for n in target.shape)])
-            self.zero_cut_heads(small, self.units(sub.width)["heads"])
+                tensor = source[name]
+                if name.startswith(prefix):
+                    index, _, inner = name[len(prefix):].partition(".")
+                    tensor = narrowed[int(index)].get(inner, tensor)
+                target.copy_(tensor)
+            self.zero_cut_heads(small, units["heads"])
         return small.eval()
 
     def zero_cut_heads(self, small: "SortedTransformer", heads: int) -> None:
@@ -144,7 +171,9 @@ class SortedTransformer(nn.Module):
         sub-model with fewer heads cannot be written as a plain config: the standalone model
         keeps every head and zeroes the output-projection columns of the cut ones. That is the
         same function, exactly, but not smaller."""
-        raise NotImplementedError
+        if heads < self.layout.heads(self.config):
+            for layer in small.layers:
+                self.layout.out_projection(layer)[:, heads * self.head_dim:] = 0
 
     def export_hf(self, sub: SubModel, directory, tokenizer) -> "SortedTransformer":
         """`sub` as a standard Hugging Face model directory (config.json, safetensors, the
@@ -160,7 +189,7 @@ class SortedTransformer(nn.Module):
 
     @property
     def max_input_length(self) -> int:
-        return self.config.max_position_embeddings
+        return self.layout.max_input_length(self.config)
 
     # The prefix protocol (models/protocol.py): run_stem, run_block, run_head.
     def run_stem(self, inputs: TokenBatch, width: float) -> LayerInput:
@@ -172,156 +201,113 @@ class SortedTransformer(nn.Module):
     def run_head(self, state: LayerInput, width: float) -> torch.Tensor:
         raise NotImplementedError
 
-    def head_module(self) -> nn.Module:
-        raise NotImplementedError
-
 
 class SortedEncoder(SortedTransformer):
-    """BERT or RoBERTa for sequence classification."""
+    """A sequence classifier (or regressor): logits [batch, labels] from the first token."""
 
-    @property
-    def layers(self) -> nn.ModuleList:
-        return hf_compat.encoder_layers(self.hf)
+    arch_name = "encoder"
+    layout: EncoderLayout
 
     def run_stem(self, inputs: TokenBatch, width: float) -> LayerInput:
-        hidden = hf_compat.encoder_embed(self.hf, inputs.input_ids, inputs.token_type_ids)
-        length = inputs.input_ids.shape[1]
-        mask = hf_compat.additive_mask(inputs.attention_mask, length, length, hidden.dtype, hidden.device, causal=False)
-        return LayerInput(hidden, mask)
+        hidden, extras = self.layout.stem(self.hf, inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
+        return LayerInput(hidden, extras)
 
     def run_block(self, stage: int, index: int, state: LayerInput, width: float) -> LayerInput:
-        units = self.units(width)
-        slices = hf_compat.encoder_slices(self.layers[index], units["heads"], self.head_dim, units["ffn"],
-                                          self.config.num_attention_heads, self.config.intermediate_size)
-        hidden = hf_compat.run_encoder_layer(self.layers[index], state.hidden, state.mask, slices)
-        return LayerInput(hidden, state.mask)
+        hidden = self.layout.run_layer(self.hf, index, state.hidden, state.extras, self.layer_slices(index, width))
+        return LayerInput(hidden, state.extras)
 
     def run_head(self, state: LayerInput, width: float) -> torch.Tensor:
-        return hf_compat.encoder_classify(self.hf, state.hidden)
-
-    def head_module(self) -> nn.Module:
-        return hf_compat.head_modules(self.hf)
-
-    @property
-    def max_input_length(self) -> int:
-        # RoBERTa numbers positions from pad_token_id + 1.
-        offset = self.config.pad_token_id + 1 if self.arch_name == "roberta" else 0
-        return self.config.max_position_embeddings - offset
-
-    def zero_cut_heads(self, small: SortedTransformer, heads: int) -> None:
-        for layer in small.layers:
-            hf_compat.zero_encoder_heads(layer, heads, self.head_dim)
+        return self.layout.classify(self.hf, state.hidden)
 
 
 class SortedDecoder(SortedTransformer):
-    """A LLaMA-style causal language model: every exit goes through the shared final norm and
-    LM head. Its logits are [batch, seq, vocab]."""
+    """A causal language model: every exit goes through the shared final norm and LM head. Its
+    logits are [batch, seq, vocab]. The pieces the decoding engine runs one at a time (embed,
+    positions, layer_mask, run_layer, logits) are methods here, asked of the layout."""
 
-    arch_name = "llama"
+    causal = True
+    arch_name = "decoder"
+    layout: DecoderLayout
 
-    @property
-    def layers(self) -> nn.ModuleList:
-        return hf_compat.decoder_layers(self.hf)
+    def __init__(self, hf_model: nn.Module, sort_heads: bool):
+        super().__init__(hf_model, sort_heads)
+        self.windows = [self.layout.window(self.hf, index) for index in range(len(self.layers))]
 
-    def units(self, width: float) -> dict:
-        units = super().units(width)
-        # Grouped key/value heads are kept in whole groups.
-        group = self.config.num_attention_heads // self.config.num_key_value_heads
-        units["heads"] = -(-units["heads"] // group) * group
-        units["kv_heads"] = units["heads"] // group
-        return units
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.layout.embed(self.hf, ids, positions)
+
+    def positions(self, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
+        return self.layout.position_embeddings(self.hf, hidden, positions)
+
+    def layer_mask(self, index: int, padding: Optional[torch.Tensor], query_len: int, key_len: int, hidden: torch.Tensor):
+        return hf_compat.additive_mask(padding, query_len, key_len, hidden.dtype, hidden.device, causal=True, window=self.windows[index])
+
+    def run_layer(self, index: int, hidden: torch.Tensor, mask, position_embeddings, cache=None, slices=None) -> torch.Tensor:
+        return self.layout.run_layer(self.layers[index], hidden, mask, position_embeddings, cache, slices)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layout.logits(self.hf, hidden)
 
     def run_stem(self, inputs: TokenBatch, width: float) -> LayerInput:
-        hidden = hf_compat.decoder_embed(self.hf, inputs.input_ids)
         batch, length = inputs.input_ids.shape
-        positions = torch.arange(length, device=hidden.device)[None].expand(batch, -1)
-        mask = hf_compat.additive_mask(inputs.attention_mask, length, length, hidden.dtype, hidden.device, causal=True)
-        return LayerInput(hidden, mask, hf_compat.rotary(self.hf, hidden, positions))
-
-    def layer_slices(self, index: int, width: float) -> dict:
-        units = self.units(width)
-        return hf_compat.decoder_slices(self.layers[index], units["heads"], units["kv_heads"], self.head_dim, units["ffn"],
-                                        self.config.num_attention_heads, self.config.intermediate_size)
+        positions = torch.arange(length, device=inputs.input_ids.device)[None].expand(batch, -1)
+        hidden = self.embed(inputs.input_ids, positions)
+        masks = {window: hf_compat.additive_mask(inputs.attention_mask, length, length, hidden.dtype, hidden.device, causal=True, window=window)
+                 for window in set(self.windows)}
+        return LayerInput(hidden, {"masks": masks, "positions": self.positions(hidden, positions)})
 
     def run_block(self, stage: int, index: int, state: LayerInput, width: float) -> LayerInput:
-        hidden = hf_compat.run_decoder_layer(self.layers[index], state.hidden, state.mask, state.position_embeddings,
-                                             slices=self.layer_slices(index, width))
-        return LayerInput(hidden, state.mask, state.position_embeddings)
+        extras = state.extras
+        hidden = self.run_layer(index, state.hidden, extras["masks"][self.windows[index]], extras["positions"],
+                                slices=self.layer_slices(index, width))
+        return LayerInput(hidden, extras)
 
     def run_head(self, state: LayerInput, width: float) -> torch.Tensor:
-        return hf_compat.decoder_logits(self.hf, state.hidden)
-
-    def head_module(self) -> nn.Module:
-        return hf_compat.decoder_head_modules(self.hf)
-
-    def zero_cut_heads(self, small: SortedTransformer, heads: int) -> None:
-        for layer in small.layers:
-            hf_compat.zero_decoder_heads(layer, heads, self.head_dim)
+        return self.logits(state.hidden)
 
 
-class SortedBert(SortedEncoder):
-    arch_name = "bert"
+def sorted_from_config(config, sort_heads: bool = False) -> SortedTransformer:
+    """The sorted model around a freshly initialised library model of a library config (any
+    supported model_type: a decoder or an encoder by its layout)."""
+    causal = layout_kind(config.model_type)
+    return (SortedDecoder if causal else SortedEncoder)(library_model(config, causal), sort_heads)
 
 
-class SortedRoberta(SortedEncoder):
-    arch_name = "roberta"
+def rebuild(causal: bool):
+    """A checkpoint's architecture (the library config as a dict) back into a sorted model."""
 
-
-FAMILIES = {"bert": SortedBert, "roberta": SortedRoberta, "llama": SortedDecoder}
-
-
-def library_classes(family: str):
-    """(config class, model class, Auto class) of a family, imported on first use."""
-    import transformers
-
-    return {
-        "bert": (transformers.BertConfig, transformers.BertForSequenceClassification, transformers.AutoModelForSequenceClassification),
-        "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification, transformers.AutoModelForSequenceClassification),
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, transformers.AutoModelForCausalLM),
-    }[family]
-
-
-def build_from_parts(family: str, config, sort_heads: bool) -> SortedTransformer:
-    """A family's sorted model around a freshly initialised library model of `config`."""
-    _, model_class, _ = library_classes(family)
-    return FAMILIES[family](model_class(config), sort_heads)
-
-
-def _rebuild(family: str):
     def build(config: dict, sort_heads: bool = False) -> SortedTransformer:
-        config_class, _, _ = library_classes(family)
-        return build_from_parts(family, config_class.from_dict(config), sort_heads)
+        sorted_class = SortedDecoder if causal else SortedEncoder
+        return sorted_class(library_model(hf_compat.config_from_dict(config), causal), sort_heads)
 
     return build
 
 
-for _family in FAMILIES:
-    ARCHITECTURES.register(_family)(_rebuild(_family))
-
-
-def check_pretrained(family: str, location: str):
-    """The config at a hub id or local directory, checked to be a `family` model."""
+def check_pretrained(location: str, causal: bool):
+    """The config at a hub id or local directory, checked to be a supported decoder or encoder."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.pretrained={location}: not a {family} model directory or hub id ({str(exc).splitlines()[0]})") from None
-    config_class, _, _ = library_classes(family)
-    if config.model_type != config_class.model_type:
-        raise UserError(f"model.pretrained={location} holds a {config.model_type} model, not {family}")
+        raise UserError(f"model.pretrained={location}: not a model directory or hub id ({str(exc).splitlines()[0]})") from None
+    try:
+        layout_for(config.model_type, causal)
+    except UserError as exc:
+        raise UserError(f"model.pretrained={location}: {exc}") from None
     return config
 
 
-def load_pretrained(family: str, location: str, **overrides) -> nn.Module:
-    """A library model from a hub id or a local directory, checked to be of `family`."""
-    config = check_pretrained(family, location)
+def load_pretrained(location: str, causal: bool, **overrides) -> nn.Module:
+    """A library model from a hub id or a local directory, checked to be a supported layout."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = check_pretrained(location, causal)
     for key, value in overrides.items():
         setattr(config, key, value)
-    _, model_class, _ = library_classes(family)
     # A classifier head of another label count is replaced by a new one (fine-tuning), not refused.
-    mismatched = {"ignore_mismatched_sizes": True} if family != "llama" else {}
+    auto, options = (AutoModelForCausalLM, {}) if causal else (AutoModelForSequenceClassification, {"ignore_mismatched_sizes": True})
     try:
-        return model_class.from_pretrained(location, config=config, **mismatched)
+        return auto.from_pretrained(location, config=config, **options)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.pretrained={location}: could not load its weights ({str(exc).splitlines()[0]})") from None

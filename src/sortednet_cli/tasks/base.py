@@ -111,9 +111,11 @@ class Task(Protocol):
     `state` is what `state()` returned when the checkpoint was written."""
 
     name: str
+    kind: str  # what model families pair with (ModelFamily.task_kinds): "language_modeling", ...
     metric: Metric
     memory_format: torch.memory_format
     eval_name: str  # the split evaluations measure: "val" or "test"
+    tokenizer: Any  # what a text task encodes with (saved with exported models); None without text
 
     def describe(self) -> str:
         """What is trained on, for the console: '45000 cifar10 images'."""
@@ -149,3 +151,10 @@ class Task(Protocol):
         """The loss against a teacher's (detached) outputs, for in-place distillation."""
 
     def meter(self) -> Meter: ...
+
+
+class PromptSource(Protocol):
+    """What a task whose models decode (a family that `decodes`) also gives: bench-decode's prompts."""
+
+    def prompt_windows(self, count: int, length: int) -> list[list[int]]:
+        """`count` windows of `length` token ids spread evenly over the evaluation text."""

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from rich.table import Table
 from torch import nn
 
 from ...config import BenchSettings
@@ -193,8 +194,6 @@ def alternate(sides: dict[str, Callable[[], None]], rounds: int, device: torch.d
 
 def run_bench(cfg, device: torch.device, console) -> dict:
     s = settings(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     splits = load_splits(cfg.data, cfg.model.num_classes)
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model)
@@ -275,4 +274,25 @@ def run_bench(cfg, device: torch.device, console) -> dict:
         "memory_format": memory_format,
         "raw": {"train": train_times, "epoch": epoch_times, "grid": grid_times},
     }
+    print_image_report(report, console)
     return report
+
+
+TARGETS = {"train_speedup": ">= 2", "grid_speedup": ">= 2.5", "sorted_over_full_epoch": "<= 0.6"}
+
+
+def print_image_report(report: dict, console) -> None:
+    table = Table(title=f"sortednet bench on {report['device']}, torch {report['torch']}")
+    for column in ("comparison", "this project", "baseline", "ratio", "target"):
+        table.add_column(column)
+    ips = report["train_images_per_second"]
+    peak = report["train_peak_mib"]
+    table.add_row("1. training images/s, pool=160", f"{ips['project']:.0f} (peak {peak['project'] or 0:.0f} MiB)", f"{ips['reference']:.0f} plain loop (peak {peak['reference'] or 0:.0f} MiB)", f"{report['train_speedup']:.2f}x", TARGETS["train_speedup"])
+    grid = report["grid_seconds"]
+    table.add_row("2. grid eval of pool=160 (s)", f"{grid['shared']:.1f} shared", f"{grid['naive']:.1f} naive", f"{report['grid_speedup']:.2f}x, same accuracy: {report['grid_same_accuracy']}", TARGETS["grid_speedup"])
+    epoch = report["epoch_seconds_estimate"]
+    epeak = report["epoch_peak_mib"]
+    table.add_row("3. epoch time (s)", f"{epoch['pool160']:.1f} pool=160 (peak {epeak['pool160'] or 0:.0f} MiB)", f"{epoch['full']:.1f} full model (peak {epeak['full'] or 0:.0f} MiB)", f"{report['sorted_over_full_epoch']:.2f}", TARGETS["sorted_over_full_epoch"])
+    for width, step in report["memory_format"].items():
+        table.add_row(f"4. training step at w={width} (ms)", f"{1000 * step['channels_last_step_s']:.0f} channels_last", f"{1000 * step['nchw_step_s']:.0f} NCHW", f"{step['channels_last_speedup']:.2f}x", "")
+    console.print(table)

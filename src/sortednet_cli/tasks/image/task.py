@@ -10,7 +10,6 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from ...errors import UserError
 from ..base import Batch, Metric
 from ..registry import TASKS
 from .data import Normalizer, TrainBatches, eval_batches, load_splits
@@ -62,11 +61,11 @@ class ImageClassification:
     memory format asked for (channels_last: faster convolutions on CPU and GPU)."""
 
     name = "image_classification"
+    kind = "image_classification"
     metric = ACCURACY
+    tokenizer = None
 
     def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
-        if "num_classes" not in model_cfg:
-            raise UserError(f"data={data_cfg.name} needs an image model (model=cpreresnet20 or mobilenetv2), not model={model_cfg.name}")
         self.cfg = data_cfg
         self.num_classes = model_cfg.num_classes
         self.device = device

@@ -21,7 +21,9 @@ class TokenizedSet:
     labels: torch.Tensor  # int64 (classes) or float32 (regression) [rows]
 
     @classmethod
-    def encode(cls, tokenizer, text_a: list[str], text_b: Optional[list[str]], labels: list, max_length: int) -> "TokenizedSet":
+    def encode(cls, tokenizer, text_a: list[str], text_b: Optional[list[str]], labels: list, max_length: int,
+               token_types: bool = True) -> "TokenizedSet":
+        """`token_types`: keep the pairs' token type ids (for models that take them)."""
         encoded = tokenizer(text_a, text_b, truncation=True, max_length=max_length, return_token_type_ids=True)
         rows = encoded["input_ids"]
         lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
@@ -29,7 +31,7 @@ class TokenizedSet:
         offsets[1:] = torch.cumsum(lengths, 0)
         ids = torch.tensor([t for r in rows for t in r], dtype=torch.long)
         types = None
-        if text_b is not None and "token_type_ids" in encoded:
+        if token_types and text_b is not None and "token_type_ids" in encoded:
             types = torch.tensor([t for r in encoded["token_type_ids"] for t in r], dtype=torch.long)
         dtype = torch.float32 if labels and isinstance(labels[0], float) else torch.long
         return cls(ids, types, offsets, torch.tensor(labels, dtype=dtype))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import platform
 
 import torch
+from rich.table import Table
 from torch import nn
 
 from ...models import build_model
@@ -21,6 +22,7 @@ from ...sorted.pool import pool_from_config
 from ...sorted.prefix_eval import METHODS
 from ...sorted.submodel import full_submodel
 from ...sorted.update import plain_loss, sorted_update
+from .. import build_task
 from ..image.bench import alternate, settings
 from .batches import ShuffledBatches, ordered_batches
 
@@ -85,10 +87,9 @@ class PlainTextLoop:
             loss.item()
 
 
-def run_text_bench(cfg, task, device: torch.device, console) -> dict:
+def run_text_bench(cfg, device: torch.device, console) -> dict:
+    task = build_task(cfg.data, cfg.model, device, False)
     s = settings(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     fields = task.model_fields()
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model, fields)
@@ -146,3 +147,18 @@ def run_text_bench(cfg, task, device: torch.device, console) -> dict:
         "grid_examples": len(eval_rows),
         "all_exits_step_over_full": step_times["all_exits"]["median_s"] / step_times["full"]["median_s"],
     }
+    print_text_report(report, console)
+    return report
+
+
+def print_text_report(report: dict, console) -> None:
+    model = report["model"]
+    table = Table(title=f"sortednet bench, {model['name']} {model['layers']}x{model['hidden']}, batch {report['batch_size']}, on {report['device']} ({report['threads']} threads)")
+    for column in ("comparison", "this project", "baseline", "ratio"):
+        table.add_column(column)
+    seqs = report["train_sequences_per_second"]
+    table.add_row("1. training sequences/s, full model", f"{seqs['project']:.0f} (tokenized once, dynamic padding)", f"{seqs['reference']:.0f} (DataLoader tokenizing per batch, plain transformers)", f"{report['train_speedup']:.2f}x")
+    grid = report["grid_seconds"]
+    table.add_row(f"2. grid of pool={report['grid_pool']} (s)", f"{grid['shared']:.2f} shared", f"{grid['naive']:.2f} naive", f"{report['grid_speedup']:.2f}x, same metric: {report['grid_same_metric']}")
+    table.add_row("3. training step (all exits / full model)", "all exits at once", "full model alone", f"{report['all_exits_step_over_full']:.2f}")
+    console.print(table)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserError
+from ...models import family_named
 from ..registry import TASKS
 from .batches import ShuffledBatches, TokenizedSet, ordered_batches
 from .glue_data import GlueMeter, glue_metric, glue_spec, num_labels, read_split, split_file
@@ -37,21 +38,15 @@ class GlueDataConfig:
     train_subset: int = 0  # the first N training rows; 0 = all
 
 
-def _tokenizer_kind(model_cfg) -> str:
-    if model_cfg.name not in ("bert", "roberta"):
-        raise UserError(f"data=glue needs an encoder (model=bert or model=roberta), not model={model_cfg.name}")
-    return model_cfg.name
-
-
 @TASKS.register("glue", schema=GlueDataConfig)
 class GlueClassification:
     name = "glue"
+    kind = "sequence_classification"
     memory_format = torch.contiguous_format
 
     def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
         self.cfg = data_cfg
-        self.model_cfg = model_cfg
-        self.kind = _tokenizer_kind(model_cfg)
+        self.profile = family_named(model_cfg.name).text(model_cfg)
         self.spec = glue_spec(data_cfg.glue_task)
         self.metric = glue_metric(self.spec)
         self.device = device
@@ -80,20 +75,20 @@ class GlueClassification:
 
         if self.saved_tokenizer is not None:
             return tokenizer_from_state(self.saved_tokenizer)
-        if self.model_cfg.pretrained:
-            return pretrained_tokenizer(self.model_cfg.name, self.model_cfg.pretrained)
+        if self.profile.pretrained:
+            return pretrained_tokenizer(self.profile.pretrained)
         examples = self.train_examples
         texts = examples.text_a + (examples.text_b or [])
-        if self.kind == "bert":
+        if self.profile.scratch_tokenizer == "wordpiece":
             return train_wordpiece(texts, self.cfg.vocab_size)
         return train_byte_bpe(texts, self.cfg.vocab_size, roberta=True)
 
     def _encode(self, examples) -> TokenizedSet:
-        return TokenizedSet.encode(self.tokenizer, examples.text_a, examples.text_b, examples.labels, self.max_length)
+        return TokenizedSet.encode(self.tokenizer, examples.text_a, examples.text_b, examples.labels, self.max_length, self.profile.token_types)
 
     @property
     def max_length(self) -> int:
-        return self.model_cfg.max_length
+        return self.profile.max_length
 
     @functools.cached_property
     def train(self) -> TokenizedSet:
@@ -149,7 +144,7 @@ class GlueClassification:
 
         length = int(self.eval.lengths().float().median())
         ids = torch.full((batch_size, length), self.pad_id + 1, dtype=torch.long, device=self.device)
-        types = torch.zeros_like(ids) if self.spec.is_pair and self.kind == "bert" else None
+        types = torch.zeros_like(ids) if self.spec.is_pair and self.profile.token_types else None
         return TokenBatch(ids, torch.ones_like(ids), types)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

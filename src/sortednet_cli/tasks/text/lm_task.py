@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserError
+from ...models import family_named
 from ..base import Metric
 from ..registry import TASKS
 from .batches import WindowBatches, stream_windows
@@ -63,23 +64,24 @@ class LossMeter:
 @TASKS.register("text", schema=TextDataConfig)
 class LanguageModeling:
     name = "language_modeling"
+    kind = "language_modeling"
     metric = LOSS
     memory_format = torch.contiguous_format
     eval_name = "val"
 
     def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
-        if model_cfg.name != "llama":
-            raise UserError(f"data=text needs a decoder (model=llama), not model={model_cfg.name}")
         self.cfg = data_cfg
-        self.model_cfg = model_cfg
+        self.profile = family_named(model_cfg.name).text(model_cfg)
         self.device = device
         self.saved_tokenizer = (state or {}).get("tokenizer")
         if not 0 < data_cfg.val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1) (got {data_cfg.val_fraction})")
         if data_cfg.block_size < 1:
             raise UserError(f"data.block_size must be >= 1 (got {data_cfg.block_size})")
-        if not model_cfg.pretrained and data_cfg.block_size > model_cfg.context:
-            raise UserError(f"data.block_size={data_cfg.block_size} is longer than the model's context (model.context={model_cfg.context})")
+        context = self.profile.max_length
+        if data_cfg.block_size > context:
+            where = f"model.pretrained={self.profile.pretrained}" if self.profile.pretrained else f"model.context={context}"
+            raise UserError(f"data.block_size={data_cfg.block_size} is longer than the model's context of {context} ({where})")
 
     @functools.cached_property
     def text(self) -> str:
@@ -102,8 +104,8 @@ class LanguageModeling:
 
         if self.saved_tokenizer is not None:
             return tokenizer_from_state(self.saved_tokenizer)
-        if self.model_cfg.pretrained:
-            return pretrained_tokenizer(self.model_cfg.name, self.model_cfg.pretrained)
+        if self.profile.pretrained:
+            return pretrained_tokenizer(self.profile.pretrained)
         if self.cfg.tokenizer == TokenizerKind.char:
             return build_char_tokenizer(self.text)
         return train_byte_bpe([self.text[: self.split_at]], self.cfg.vocab_size, roberta=False)
@@ -157,6 +159,13 @@ class LanguageModeling:
 
     def eval_fingerprint(self) -> str:
         return f"{self.cfg.path}|val {len(self.val_stream)} tokens|{self.cfg.block_size}|{self.eval_size()}|{int(self.val_stream.sum())}"
+
+    def prompt_windows(self, count: int, length: int) -> list[list[int]]:
+        stream = self.val_stream
+        if count < 1 or length < 1 or len(stream) < count * length:
+            raise UserError(f"bench.prompt_count={count} and bench.prompt_tokens={length} must be >= 1 and fit the {len(stream)} validation tokens")
+        step = (len(stream) - length) // count
+        return [stream[i * step:i * step + length].tolist() for i in range(count)]
 
     def example_input(self, batch_size: int):
         from ...models.transformer import TokenBatch

@@ -49,13 +49,17 @@ def _wrap(
     )
 
 
-def pretrained_tokenizer(family: str, location: str) -> PreTrainedTokenizerFast:
-    """The tokenizer of a pretrained model (`model.pretrained`), checked to be of `family`."""
+def pretrained_tokenizer(location: str) -> PreTrainedTokenizerFast:
+    """The tokenizer of a pretrained model (`model.pretrained`, whose type the task's text
+    profile has already checked)."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    from ...models.transformer import check_pretrained
-
-    check_pretrained(family, location)
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
+        raise UserError(f"model.pretrained={location} holds no tokenizer (no tokenizer.json or tokenizer_config.json): "
+                        "save the model's tokenizer there with tokenizer.save_pretrained(dir)")
     try:
         return AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError) as exc:
