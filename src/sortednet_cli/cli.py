@@ -21,9 +21,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from .engine.claim import claim, release_all
 from .plugins import register_configs
 from .errors import UserError
 
@@ -89,6 +91,19 @@ def hydra_command(config_name: str) -> Callable:
         return run
 
     return wrap
+
+
+class ClaimRunDir(Callback):
+    """Claims the run directory before Hydra writes .hydra/ into it, so that a command refused
+    because another process writes there leaves that process's files as they were (every
+    command's conf names this in hydra.callbacks; main() releases the claim). A sweep's jobs
+    each have their own directory, which train claims itself."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            claim(config.hydra.run.dir)
+        except UserError as exc:  # Hydra would turn an exception here into a warning and go on
+            fail(str(exc))
 
 
 def config_groups() -> set[str]:
@@ -167,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if os.environ.get("SORTEDNET_TRACEBACK"):
             raise
         fail(with_install_hint(one_line(exc)))
-    except UserError as exc:  # a failed sweep job, re-raised by Hydra after the others ran
+    except UserError as exc:  # a failed sweep job, re-raised by Hydra after the others ran, or a refused claim
         if os.environ.get("SORTEDNET_TRACEBACK"):
             raise
         fail(str(exc))
@@ -176,6 +191,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if os.environ.get("SORTEDNET_TRACEBACK") or not _raised_in_omegaconf(exc):
             raise
         fail("an override sets a key under a config group with no option chosen; choose one first, e.g. pool=160 pool.widths=[0.5,1.0]")
+    finally:
+        release_all()  # the command's run directory (a one-line failure skips Hydra's end callbacks)
 
 
 def _raised_in_omegaconf(exc: BaseException) -> bool:

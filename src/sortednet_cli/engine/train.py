@@ -39,6 +39,7 @@ from ..sorted.exits import AllExits
 from ..sorted.update import DrawLoss, Forward, plain_loss, sorted_update, sub_forward
 from ..tasks import Task, build_task
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, checkpoint_config, load_checkpoint, resolve_checkpoint, save_atomic
+from .claim import claimed
 from .distributed import Distributed, any_rank, average_gradients, average_tensor, finish as finish_ranks, from_environment, init_process_group, rank_device
 from .eval_grid import check_grid_settings, run_grid
 from .evaluate import EvalData, evaluate_pool
@@ -214,20 +215,22 @@ def quick_eval_members(pool: Pool) -> list:
 # --- set up -------------------------------------------------------------------------------
 
 
-def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Optional[Console]) -> Run:
+def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Optional[Console], claims: contextlib.ExitStack) -> Run:
+    """Everything the loop needs; the run directory's claim goes on `claims` (held until the run ends)."""
     ranks = from_environment()
-    # Under torchrun only rank 0 prints and writes; every rank trains.
+    # Under torchrun only rank 0 prints and writes (and claims the run directory); every rank trains.
     console = (console or make_console()) if ranks.is_main else Console(file=io.StringIO())
     run_dir = Path(run_dir)
     checkpoint = None
     if cfg.resume:
         checkpoint_path = resolve_checkpoint(cfg.resume)
+        run_dir = checkpoint_path.parent
+    if ranks.is_main:  # before anything is read or written: a run still going is refused here
+        claims.enter_context(claimed(run_dir))
+    if cfg.resume:
         checkpoint = load_checkpoint(checkpoint_path)
         cfg = config_for_resume(checkpoint, cfg, overrides)
-        run_dir = checkpoint_path.parent
         console.print(f"resuming {run_dir} at step {checkpoint['step']}")
-    if ranks.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
 
     trainer = cfg.trainer
     validate_trainer(trainer)
@@ -502,8 +505,9 @@ def finish(run: Run, state: LoopState) -> TrainResult:
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console: Optional[Console] = None) -> TrainResult:
-    run = set_up(cfg, run_dir, overrides, console)
-    try:
-        return finish(run, run_loop(run))
-    finally:
-        run.logger.close()
+    with contextlib.ExitStack() as claims:
+        run = set_up(cfg, run_dir, overrides, console, claims)
+        try:
+            return finish(run, run_loop(run))
+        finally:
+            run.logger.close()
