@@ -127,6 +127,7 @@ def test_multirun_over_grad_accum_gives_one_run_per_value(tmp_path, capsys):
         (["pool.widths=[]"], "pool.widths is empty"),
         (["pool.depths=[1,1]"], "more than once"),
         (["trainer.grad_accum=0"], "trainer.grad_accum must be >= 1 (got 0)"),
+        (["trainer.threads=-1"], "trainer.threads must be >= 0 (0 = torch's default), got -1"),
         (["trainer.foo=1"], "Key 'foo' not in 'TrainerConfig'"),
         (["trainer.grad_accum=two"], "Value 'two' of type 'str' could not be converted to Integer"),
         (["model.norm=batch"], "Invalid value 'batch', expected one of [bn, in, gn]"),
@@ -145,6 +146,13 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys, args, message)
     assert len(lines) == 1, err
     assert lines[0].startswith("sortednet: error: ") and message in lines[0]
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "bench-decode", "bench"])
+def test_a_negative_thread_count_is_one_line_for_every_command(tmp_path, capsys, command):
+    code, _, err = run_cli([command, "threads=-1", f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 2 and err.strip().splitlines() == ["sortednet: error: threads must be >= 0 (0 = torch's default), got -1"]
+    assert not {"generation.json", "decode.json", "bench.json"} & {p.name for p in tmp_path.iterdir()}
 
 
 def test_resume_from_something_that_is_not_a_checkpoint(tmp_path, capsys):
