@@ -25,6 +25,8 @@ from ..registry import TASKS
 from .batches import WindowBatches, stream_windows
 
 LOSS = Metric("loss", higher_is_better=False, lower=0.0)
+# The byte-level BPE starts from its alphabet, the 256 bytes, and <|endoftext|>: no fewer tokens.
+BYTE_BPE_MIN_VOCAB = 257
 
 
 class TokenizerKind(str, Enum):
@@ -82,13 +84,19 @@ class LanguageModeling:
         if data_cfg.block_size > context:
             where = f"model.pretrained={self.profile.pretrained}" if self.profile.pretrained else f"model.context={context}"
             raise UserError(f"data.block_size={data_cfg.block_size} is longer than the model's context of {context} ({where})")
+        trains_bpe = data_cfg.tokenizer == TokenizerKind.bpe and self.saved_tokenizer is None and not self.profile.pretrained
+        if trains_bpe and data_cfg.vocab_size < BYTE_BPE_MIN_VOCAB:
+            raise UserError(f"data.vocab_size must be >= {BYTE_BPE_MIN_VOCAB} for data.tokenizer=bpe, its 256 bytes and <|endoftext|> (got {data_cfg.vocab_size})")
 
     @functools.cached_property
     def text(self) -> str:
         path = Path(self.cfg.path)
         if not path.is_file():
             raise UserError(f"data.path={path}: no such file (Tiny Shakespeare: ../shared/data/tinyshakespeare/input.txt here, or any UTF-8 text file)")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"data.path={path} is not UTF-8 text") from None
         if len(text) < 100:
             raise UserError(f"data.path={path} holds {len(text)} characters: too little text to train on")
         return text
