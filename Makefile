@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers sweep-fidelity report reproduce reproduce-gpu sst2-quick shakespeare-quick test clean
+.PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers sweep-fidelity report reproduce reproduce-gpu sst2-quick shakespeare-quick check-architectures test clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ sst2-quick: $(BIN)/sortednet ## SST-2 from scratch with model=bert (ARGS: data.r
 
 shakespeare-quick: $(BIN)/sortednet ## a character-level LLaMA with every exit trained (ARGS: data.path=<input.txt>)
 	$(BIN)/sortednet train model=llama experiment=shakespeare_quick $(ARGS)
+
+check-architectures: $(BIN)/sortednet ## every supported model_type from scratch through train, export (Auto class) and generate (outputs/architectures)
+	sweeps/architectures.sh outputs/architectures $(ARGS)
 
 test: $(BIN)/sortednet ## run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)

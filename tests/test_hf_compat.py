@@ -261,3 +261,15 @@ def test_additive_mask_matches_padding_causality_and_windows():
     windowed = hf_compat.additive_mask(None, 2, 7, torch.float32, cpu, causal=True, window=3)[0, 0] == 0
     assert windowed.tolist() == [[False, False, False, True, True, True, False], [False, False, False, False, True, True, True]]
     assert hf_compat.additive_mask(None, 1, 3, torch.float32, cpu, causal=True, window=3) is None
+
+
+@pytest.mark.parametrize("legacy", ["llama", "bert", "roberta"])
+def test_architecture_names_written_before_the_families_merged_still_rebuild(legacy):
+    """Checkpoints of the bert / roberta / llama families record those names as their arch."""
+    model = build("llama" if legacy == "llama" else legacy)
+    rebuilt = build_from_arch({**model.arch, "name": legacy})
+    assert type(rebuilt) is type(model) and rebuilt.config.model_type == model.config.model_type
+    rebuilt.load_state_dict(model.state_dict())
+    batch = batch_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(batch), model(batch))
