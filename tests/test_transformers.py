@@ -292,3 +292,42 @@ def test_decoder_pretrained_and_bpe_tokenizer(text_run, tmp_path, text_path):
     result = text_run("llama", "data.tokenizer=bpe", "data.vocab_size=300", "pool=exits_tiny", "trainer.max_steps=3", "data.eval_windows=4", name="bpe")
     state = load_checkpoint(result.run_dir)["task"]["tokenizer"]
     assert state["kind"] == "byte_bpe" and result.model.config.vocab_size == len(json.loads(state["tokenizer_json"])["model"]["vocab"])
+
+
+def test_a_pretrained_decoder_of_another_layout_runs_every_command_from_its_bare_checkpoint(tmp_path, text_path, capsys):
+    """A GPT-NeoX directory (weights and its own BPE tokenizer) through train, eval-grid from the
+    checkpoint, export (the directory carries the tokenizer; the Auto class reproduces the grid)
+    and generate: the tokenizer travels in the checkpoint, not from the pretrained directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from sortednet_cli.tasks.text.tokenizers import train_byte_bpe
+
+    tokenizer = train_byte_bpe([text_path.read_text()], 300, roberta=False)
+    pretrained = tmp_path / "tiny-pythia"
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=64, rotary_pct=0.5)).save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    cfg = compose_config("train", ["model=decoder", f"model.pretrained={pretrained}", f"data.path={text_path}", "data.block_size=16",
+                                   "pool=exits_tiny", "trainer.max_steps=4", *TINY_TEXT_TRAINING])
+    result = train(cfg, tmp_path / "run", console=quiet())
+    assert result.model.config.model_type == "gpt_neox" and result.model.depth_limits == (3,)
+    grid = {(float(r["width"]), r["depth"]): float(r["loss"]) for r in read_csv(result.run_dir / "grid.csv")}
+    assert len(grid) == 6
+    for sub_dir in tmp_path.glob("tiny-pythia/*"):  # from here on, only the checkpoint
+        sub_dir.unlink()
+    code, _, err = run_cli(["export", f"checkpoint={result.run_dir}", "sub=one", "sub.width=0.5", "sub.depth=2",
+                            f"hydra.run.dir={tmp_path / 'exported'}"], capsys)
+    assert code == 0, err
+    directory = tmp_path / "exported" / "w0.5_d2"
+    model, exported_tokenizer = AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+    assert model.config.model_type == "gpt_neox" and model.config.num_hidden_layers == 2
+    text = text_path.read_text()
+    ids = torch.tensor(exported_tokenizer(text[int(len(text) * 0.9):], add_special_tokens=False)["input_ids"])
+    windows = torch.stack([ids[i * 16:i * 16 + 17] for i in range((len(ids) - 1) // 16)])
+    with torch.no_grad():
+        loss = F.cross_entropy(model(input_ids=windows[:, :-1]).logits.flatten(0, 1), windows[:, 1:].flatten()).item()
+    assert loss == pytest.approx(grid[(0.5, "2")], rel=1e-4)
+    code, out, err = run_cli(["generate", f"checkpoint={result.run_dir}", "prompt=ROMEO:", "generate.mode=speculative",
+                              "generate.max_new_tokens=8", f"hydra.run.dir={tmp_path / 'g'}"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "g" / "generation.json").read_text())["stats"]["new_tokens"] == 8

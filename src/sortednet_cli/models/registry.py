@@ -30,7 +30,7 @@ class ModelFamily:
     # Optional capabilities, None / False where the family has none.
     hf_auto_class: Optional[str] = None  # export writes Hugging Face directories this transformers class loads
     decodes: bool = False  # generate and bench-decode run it (a causal LM with exits)
-    text: Optional[Callable[[Any], "TextProfile"]] = None  # what a text task needs to know of the model config
+    text: Optional[Callable[..., "TextProfile"]] = None  # (model cfg, read_pretrained) -> what a text task needs to know
     bench: Optional[Callable[..., dict]] = None  # sortednet bench for it: (cfg, device, console) -> report
     bench_hint: str = ""  # why there is no bench, and what to run instead
     flop_context: Callable[[nn.Module], Any] = field(default=lambda model: contextlib.nullcontext())
@@ -38,12 +38,21 @@ class ModelFamily:
 
 @dataclass(frozen=True)
 class TextProfile:
-    """What a text task asks of the model config: whose tokenizer to use and how inputs look."""
+    """What a text task asks of the model config: whose tokenizer to use and how inputs look.
+    A task saves it in its checkpoint state, so a run reopens without the pretrained directory."""
 
     pretrained: Optional[str]  # a hub id or directory whose own tokenizer is used
     scratch_tokenizer: str  # the tokenizer kind trained here without one: wordpiece, roberta_bpe, byte_bpe
     token_types: bool  # the model takes token type ids (sentence pairs)
-    max_length: Optional[int]  # the longest input it takes (None: read from the pretrained config)
+    max_length: Optional[int]  # the longest input it takes (None: unknown, the pretrained directory not read)
+
+    @classmethod
+    def for_task(cls, model_cfg, state: Optional[dict]) -> "TextProfile":
+        """The profile a checkpoint saved, or the family's reading of the model config."""
+        saved = (state or {}).get("profile")
+        if saved:
+            return cls(**saved)
+        return FAMILIES.get(model_cfg.name).text(model_cfg, read_pretrained=state is None)
 
 
 FAMILIES: Registry[ModelFamily] = Registry("model.name", group="model")

@@ -111,17 +111,21 @@ def build_decoder(cfg, vocab_size: int, bos_token_id: Optional[int] = None, eos_
     return SortedDecoder(hf, cfg.sort_heads)
 
 
-def encoder_profile(cfg) -> TextProfile:
-    if cfg.pretrained:
+def encoder_profile(cfg, read_pretrained: bool = True) -> TextProfile:
+    """`read_pretrained=False`: a run restored from a checkpoint that predates saved profiles
+    (its tokenizer is in the checkpoint; the pretrained directory may be gone)."""
+    if cfg.pretrained and read_pretrained:
         config = check_pretrained(cfg.pretrained, causal=False)
         layout: EncoderLayout = layout_for(config.model_type, causal=False)
         return TextProfile(cfg.pretrained, layout.scratch_tokenizer, layout.token_types(config), min(cfg.max_length, layout.max_input_length(config)))
     layout = layout_for(scratch_arch(cfg), causal=False)
-    return TextProfile(None, layout.scratch_tokenizer, layout.scratch_token_types, cfg.max_length)
+    return TextProfile(cfg.pretrained, layout.scratch_tokenizer, layout.scratch_token_types, cfg.max_length)
 
 
-def decoder_profile(cfg) -> TextProfile:
+def decoder_profile(cfg, read_pretrained: bool = True) -> TextProfile:
     if cfg.pretrained:
+        if not read_pretrained:
+            return TextProfile(cfg.pretrained, "byte_bpe", False, None)
         config = check_pretrained(cfg.pretrained, causal=True)
         return TextProfile(cfg.pretrained, "byte_bpe", False, layout_for(config.model_type, causal=True).max_input_length(config))
     layout_for(scratch_arch(cfg), causal=True)

@@ -7,6 +7,7 @@ training split (WordPiece for bert, byte-level BPE for roberta). It is saved in 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from enum import Enum
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserError
-from ...models import family_named
+from ...models import TextProfile
 from ..registry import TASKS
 from .batches import ShuffledBatches, TokenizedSet, ordered_batches
 from .glue_data import GlueMeter, glue_metric, glue_spec, num_labels, read_split, split_file
@@ -46,7 +47,7 @@ class GlueClassification:
 
     def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
         self.cfg = data_cfg
-        self.profile = family_named(model_cfg.name).text(model_cfg)
+        self.profile = TextProfile.for_task(model_cfg, state)
         self.spec = glue_spec(data_cfg.glue_task)
         self.metric = glue_metric(self.spec)
         self.device = device
@@ -105,7 +106,7 @@ class GlueClassification:
     def state(self) -> dict:
         from .tokenizers import tokenizer_state
 
-        return {"tokenizer": tokenizer_state(self.tokenizer)}
+        return {"tokenizer": tokenizer_state(self.tokenizer), "profile": dataclasses.asdict(self.profile)}
 
     def model_fields(self) -> dict:
         return {

@@ -8,6 +8,7 @@ is better); the grid shows the perplexity beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserError
-from ...models import family_named
+from ...models import TextProfile
 from ..base import Metric
 from ..registry import TASKS
 from .batches import WindowBatches, stream_windows
@@ -73,7 +74,7 @@ class LanguageModeling:
 
     def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
         self.cfg = data_cfg
-        self.profile = family_named(model_cfg.name).text(model_cfg)
+        self.profile = TextProfile.for_task(model_cfg, state)
         self.device = device
         self.saved_tokenizer = (state or {}).get("tokenizer")
         if not 0 < data_cfg.val_fraction < 1:
@@ -81,7 +82,7 @@ class LanguageModeling:
         if data_cfg.block_size < 1:
             raise UserError(f"data.block_size must be >= 1 (got {data_cfg.block_size})")
         context = self.profile.max_length
-        if data_cfg.block_size > context:
+        if context is not None and data_cfg.block_size > context:
             where = f"model.pretrained={self.profile.pretrained}" if self.profile.pretrained else f"model.context={context}"
             raise UserError(f"data.block_size={data_cfg.block_size} is longer than the model's context of {context} ({where})")
         trains_bpe = data_cfg.tokenizer == TokenizerKind.bpe and self.saved_tokenizer is None and not self.profile.pretrained
@@ -138,7 +139,7 @@ class LanguageModeling:
     def state(self) -> dict:
         from .tokenizers import tokenizer_state
 
-        return {"tokenizer": tokenizer_state(self.tokenizer)}
+        return {"tokenizer": tokenizer_state(self.tokenizer), "profile": dataclasses.asdict(self.profile)}
 
     def model_fields(self) -> dict:
         return {"vocab_size": len(self.tokenizer), "eos_token_id": self.tokenizer.eos_token_id, "bos_token_id": self.tokenizer.bos_token_id}
