@@ -252,6 +252,8 @@ class GenerateSettings:
     threshold: float = 0.9  # mode=early_exit: the confidence (top probability) that stops a token
     draft_exit: Optional[int] = None  # mode=speculative: the layers that draft (null: a quarter of the depth)
     draft_len: Any = "auto"  # tokens drafted per verification, or auto (adapted from acceptance)
+    chat: bool = False  # render the prompt as a user turn through the run's instruction template (stops at end of sequence)
+    system: Optional[str] = None  # chat=true: a system turn before the prompt
 
 
 @dataclass

@@ -34,27 +34,29 @@ def main(cfg: DictConfig) -> None:
     console = make_console()
     decoder_run = open_decoder(cfg.checkpoint, cfg.device.value, cfg.threads, console)
     settings, depth = cfg.generate, decoder_run.depth
-    prompt_ids = decoder_run.encode(cfg.prompt)
+    prompt_ids = decoder_run.encode(cfg.prompt, settings.chat, settings.system)
+    # An instruction-tuned model ends its response with the end-of-sequence token.
+    eos_id = decoder_run.tokenizer.eos_token_id if settings.chat else None
     decoder = ExitDecoder(decoder_run.model)
     mode = settings.mode.value
     n = settings.max_new_tokens
     if mode in ("early_exit", "speculative") and (settings.temperature != 0 or settings.top_k is not None):
         raise UserError(f"generate.mode={mode} is greedy: generate.temperature and generate.top_k apply to mode=full and mode=exit only")
     if mode == "full":
-        result = decoder.full(prompt_ids, n, settings.temperature, settings.top_k, settings.seed)
+        result = decoder.full(prompt_ids, n, settings.temperature, settings.top_k, settings.seed, eos_id)
     elif mode == "exit":
         exit_layer = settings.exit if settings.exit is not None else max(1, depth // 2)
-        result = decoder.exit(prompt_ids, n, exit_layer, settings.temperature, settings.top_k, settings.seed)
+        result = decoder.exit(prompt_ids, n, exit_layer, settings.temperature, settings.top_k, settings.seed, eos_id)
     elif mode == "early_exit":
-        result = decoder.early_exit(prompt_ids, n, settings.threshold)
+        result = decoder.early_exit(prompt_ids, n, settings.threshold, eos_id=eos_id)
     else:
         draft_exit = settings.draft_exit if settings.draft_exit is not None else max(1, depth // 4)
-        result = decoder.speculative(prompt_ids, n, draft_exit, settings.draft_len)
+        result = decoder.speculative(prompt_ids, n, draft_exit, settings.draft_len, eos_id=eos_id)
     stats = dict(result.stats)
     if mode == "early_exit" or (mode == "exit" and settings.temperature == 0):
         stats["agreement"] = teacher_forced_agreement(decoder_run.model, prompt_ids, result.tokens)
-    text = decoder_run.decode(result.tokens)
-    console.print(cfg.prompt + text, highlight=False, markup=False)
+    text = decoder_run.decode(result.tokens[:-1] if eos_id is not None and result.tokens[-1:] == [eos_id] else result.tokens)
+    console.print((cfg.prompt + "\n" if settings.chat else cfg.prompt) + text, highlight=False, markup=False)
     console.print(f"[dim]{mode}: {statistics_line(stats)} ({decoder_run.model.hf.config.num_hidden_layers} layers, "
                   f"{torch.get_num_threads()} threads)[/]", highlight=False)
     write_json(Path(HydraConfig.get().runtime.output_dir) / "generation.json",

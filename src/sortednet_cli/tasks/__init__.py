@@ -9,7 +9,7 @@ from ..errors import UserError
 from .base import Metric, Task
 from .registry import TASKS
 from .image import task as _image  # noqa: F401  (registers cifar10 and fake)
-from .text import glue_task as _glue, lm_task as _lm  # noqa: F401  (registers glue and text)
+from .text import glue_task as _glue, instruction_task as _instructions, lm_task as _lm  # noqa: F401  (registers glue, instructions, text)
 
 
 def check_pairing(data_cfg, model_cfg) -> None:

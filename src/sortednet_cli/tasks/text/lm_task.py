@@ -24,6 +24,7 @@ from ...models import TextProfile
 from ..base import Metric
 from ..registry import TASKS
 from .batches import WindowBatches, stream_windows
+from .instructions import IGNORE
 
 LOSS = Metric("loss", higher_is_better=False, lower=0.0)
 # The byte-level BPE starts from its alphabet, the 256 bytes, and <|endoftext|>: no fewer tokens.
@@ -47,30 +48,48 @@ class TextDataConfig:
 
 
 class LossMeter:
-    """Mean next-token loss over every evaluated token (summed on the device, read once)."""
+    """Mean next-token loss over every evaluated token with a target (targets equal to IGNORE
+    carry none: an instruction's prompt, padding), summed on the device and read once."""
 
     def __init__(self):
         self.total = 0.0
         self.tokens = 0
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-        self.tokens += targets.numel()
+        self.total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum", ignore_index=IGNORE)
+        self.tokens += (targets != IGNORE).sum()
 
     def value(self) -> float:
-        return float(self.total) / max(1, self.tokens)
+        return float(self.total) / max(1, int(self.tokens))
 
     def details(self) -> dict:
         return {"perplexity": math.exp(min(self.value(), 50.0))}
 
 
-@TASKS.register("text", schema=TextDataConfig)
-class LanguageModeling:
-    name = "language_modeling"
+class NextTokenLoss:
+    """What the decoder tasks share: the mean next-token loss (lower is better) over the tokens
+    with a target, its soft-target form for distillation, its meter."""
+
     kind = "language_modeling"
     metric = LOSS
     memory_format = torch.contiguous_format
     eval_name = "val"
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+
+    def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        log_student = F.log_softmax(logits.flatten(0, 1) / temperature, dim=-1)
+        log_teacher = F.log_softmax(teacher.flatten(0, 1) / temperature, dim=-1)
+        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+
+    def meter(self) -> LossMeter:
+        return LossMeter()
+
+
+@TASKS.register("text", schema=TextDataConfig)
+class LanguageModeling(NextTokenLoss):
+    name = "language_modeling"
 
     def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
         self.cfg = data_cfg
@@ -120,6 +139,15 @@ class LanguageModeling:
         return train_byte_bpe([self.text[: self.split_at]], self.cfg.vocab_size, roberta=False)
 
     def _stream(self, text: str) -> torch.Tensor:
+        from .tokenizers import tokenizer_kind, unknown_characters
+
+        # A character tokenizer has no unknown token: a saved one meeting another text's new
+        # characters would end in the library's error, not a line naming them.
+        unknown = unknown_characters(self.tokenizer, text) if tokenizer_kind(self.tokenizer) == "char" else []
+        if unknown:
+            shown = " ".join(repr(c) for c in unknown[:20]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 20 else "")
+            raise UserError(f"data.path={self.cfg.path} has characters this run's character tokenizer has never seen: {shown}; "
+                            "use text written in the characters it trained on, or train a new run on this text")
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
     @functools.cached_property
@@ -180,14 +208,3 @@ class LanguageModeling:
         from ...models.transformer import TokenBatch
 
         return TokenBatch(self.val_stream[: self.cfg.block_size].repeat(batch_size, 1).to(self.device))
-
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-    def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-        log_student = F.log_softmax(logits.flatten(0, 1) / temperature, dim=-1)
-        log_teacher = F.log_softmax(teacher.flatten(0, 1) / temperature, dim=-1)
-        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
-
-    def meter(self) -> LossMeter:
-        return LossMeter()

@@ -177,10 +177,13 @@ def tokenizer_state(tokenizer: PreTrainedTokenizerFast) -> dict:
         "special_tokens": {name: str(getattr(tokenizer, name)) for name in SPECIAL_TOKEN_ATTRIBUTES if getattr(tokenizer, name) is not None},
         "model_input_names": list(tokenizer.model_input_names),
         "model_max_length": tokenizer.model_max_length,
+        **({"chat_template": tokenizer.chat_template} if getattr(tokenizer, "chat_template", None) else {}),
     }
 
 
 def tokenizer_from_state(state: dict) -> PreTrainedTokenizerFast:
-    return _wrap(
+    tokenizer = _wrap(
         Tokenizer.from_str(state["tokenizer_json"]), state["special_tokens"], state["model_input_names"], state["model_max_length"]
     )
+    tokenizer.chat_template = state.get("chat_template")  # a pretrained model's own, kept for instruction data and generate
+    return tokenizer
