@@ -11,11 +11,11 @@ import torch
 from conftest import REPO, TINY, compose_config, run_cli
 
 GROUPS = {
-    "model": ["cpreresnet20", "mobilenetv2", "bert", "roberta", "llama"],
+    "model": ["cpreresnet20", "mobilenetv2", "encoder", "decoder", "bert", "roberta", "llama"],
     "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny",
              "enc_depth", "enc_grid", "enc_tiny", "exits", "exits_grid", "exits_tiny"],
     "sampler": ["uniform", "sandwich", "weighted", "width_major", "full"],
-    "data": ["cifar10", "fake", "glue", "text"],
+    "data": ["cifar10", "fake", "glue", "text", "instructions"],
     "optim": ["sgd", "adamw"],
     "sched": ["cosine", "cosine_steps"],
     "trainer": ["default", "transformer", "decoder"],
