@@ -102,8 +102,22 @@ class ClaimRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             claim(config.hydra.run.dir)
+            if config.hydra.job.name == "train":
+                refuse_a_trained_run_dir(config)
         except UserError as exc:  # Hydra would turn an exception here into a warning and go on
             fail(str(exc))
+
+
+def refuse_a_trained_run_dir(config: DictConfig) -> None:
+    """A train whose hydra.run.dir already holds a run would overwrite that run's .hydra/ record
+    at once (and its checkpoint and metrics later), even if it then fails on a bad input."""
+    from .engine.checkpoint import CHECKPOINT_NAME
+
+    run_dir = config.hydra.run.dir
+    if os.path.isfile(os.path.join(run_dir, CHECKPOINT_NAME)):
+        what_to_do = ("drop hydra.run.dir: a resumed run continues in its own directory and logs to a new one" if config.get("resume")
+                      else f"continue it with `sortednet train resume={run_dir}`, or train into another hydra.run.dir")
+        raise UserError(f"hydra.run.dir={run_dir} already holds a train run ({CHECKPOINT_NAME}); {what_to_do}")
 
 
 def config_groups() -> set[str]:
@@ -133,6 +147,16 @@ def checkpoint_data_overrides(args: list[str]) -> list[str]:
     if any(arg.split("=", 1)[0].lstrip("+~") == "data" for arg in args):
         return args
     return [f"+{arg}" if arg.startswith("data.") and "=" in arg else arg for arg in args]
+
+
+def resume_overrides(args: list[str]) -> list[str]:
+    """`train resume=<run>` continues the checkpoint's model and data, which Hydra does not know
+    when it composes (it composes the default CNN on CIFAR-10): `data.path=x` becomes
+    `++data.path=x` (added, or set where the default has the key), and train checks it against
+    the checkpoint's own config (refused unless resumable, then typed by that config's schema)."""
+    if not any(arg.startswith("resume=") and arg not in ("resume=", "resume=null") for arg in args):
+        return args
+    return [f"++{arg.lstrip('+')}" if arg.lstrip("+").startswith(("data.", "model.")) and "=" in arg else arg for arg in args]
 
 
 def secondary_rank_overrides() -> list[str]:
@@ -173,6 +197,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = quote_numeric_options(argv[1:])
     if command in CHECKPOINT_COMMANDS:
         args = checkpoint_data_overrides(args)
+    if command == "train":
+        args = resume_overrides(args)
     sys.argv = [f"sortednet {command}", *args, *secondary_rank_overrides()]
     # Let composition errors reach us instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import UserError
 
 
 def override_keys(overrides: Sequence[str]) -> list[str]:
@@ -13,8 +16,15 @@ def override_keys(overrides: Sequence[str]) -> list[str]:
 
 
 def overlay(base: DictConfig, composed: DictConfig, keys: Iterable[str]) -> DictConfig:
-    """`base` with the values `composed` has at `keys` (group choices before their own keys)."""
+    """`base` with the values `composed` has at `keys` (group choices before their own keys),
+    each checked against `base`'s own schema."""
     merged = base.copy()
     for key in sorted(set(keys), key=lambda k: k.count(".")):
-        OmegaConf.update(merged, key, OmegaConf.select(composed, key), merge=False)
+        try:
+            OmegaConf.update(merged, key, OmegaConf.select(composed, key), merge=False)
+        except OmegaConfBaseException as exc:
+            section = key.split(".")[0]
+            name = OmegaConf.select(base, f"{section}.name", default=None)
+            where = f"{section} ({name})" if isinstance(name, str) else section
+            raise UserError(f"{key}: not a key of this checkpoint's {where} or a bad value: {str(exc).splitlines()[0]}") from None
     return merged

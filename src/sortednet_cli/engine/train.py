@@ -162,7 +162,7 @@ def config_for_resume(checkpoint: dict, cfg: DictConfig, overrides: Sequence[str
     for override, key in zip(overrides, keys):
         if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_KEYS):
             raise UserError(
-                f"'{override}' cannot change when resuming (only {', '.join(RESUMABLE_KEYS[1:])} can); "
+                f"'{override.lstrip('+')}' cannot change when resuming (only {', '.join(RESUMABLE_KEYS[1:])} can); "
                 "start a new run instead"
             )
     return overlay(saved, cfg, keys)

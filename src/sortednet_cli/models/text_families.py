@@ -23,6 +23,9 @@ from .transformer import SortedDecoder, SortedEncoder, check_pretrained, library
 
 # The architecture a preset builds from scratch when model.arch is not given.
 PRESET_ARCHS = {"encoder": "bert", "bert": "bert", "roberta": "roberta", "decoder": "llama", "llama": "llama"}
+# The size keys a model built from scratch takes from its config (each >= 1).
+ENCODER_SIZES = ("layers", "hidden", "heads", "ffn", "max_length")
+DECODER_SIZES = ("layers", "hidden", "heads", "kv_heads", "ffn", "context")
 
 
 @dataclass
@@ -85,7 +88,7 @@ def build_encoder(cfg, vocab_size: int, num_labels: int, pad_token_id: int, prob
         hf = _pretrained(cfg, causal=False, num_labels=num_labels, problem_type=problem_type)
         _check_vocabulary(hf, cfg.pretrained, vocab_size)
     else:
-        _check_sizes(cfg, ("layers", "hidden", "heads", "ffn", "max_length"))
+        _check_sizes(cfg, ENCODER_SIZES)
         arch = scratch_arch(cfg)
         sizes = {"vocab_size": vocab_size, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "ffn": cfg.ffn,
                  "max_length": cfg.max_length, "dropout": cfg.dropout, "pad_token_id": pad_token_id, "num_labels": num_labels,
@@ -99,7 +102,7 @@ def build_decoder(cfg, vocab_size: int, bos_token_id: Optional[int] = None, eos_
         hf = _pretrained(cfg, causal=True)
         _check_vocabulary(hf, cfg.pretrained, vocab_size)
     else:
-        _check_sizes(cfg, ("layers", "hidden", "heads", "kv_heads", "ffn", "context"))
+        _check_sizes(cfg, DECODER_SIZES)
         kv_heads = cfg.kv_heads or cfg.heads
         if cfg.heads % kv_heads:
             raise UserError(f"model.heads={cfg.heads} must be a multiple of model.kv_heads={kv_heads}")
@@ -119,6 +122,7 @@ def encoder_profile(cfg, read_pretrained: bool = True) -> TextProfile:
         layout: EncoderLayout = layout_for(config.model_type, causal=False)
         return TextProfile(cfg.pretrained, layout.scratch_tokenizer, layout.token_types(config), min(cfg.max_length, layout.max_input_length(config)))
     layout = layout_for(scratch_arch(cfg), causal=False)
+    _check_sizes(cfg, ENCODER_SIZES)  # the task checks its inputs against max_length: a bad one is named first
     return TextProfile(cfg.pretrained, layout.scratch_tokenizer, layout.scratch_token_types, cfg.max_length)
 
 
@@ -129,6 +133,7 @@ def decoder_profile(cfg, read_pretrained: bool = True) -> TextProfile:
         config = check_pretrained(cfg.pretrained, causal=True)
         return TextProfile(cfg.pretrained, "byte_bpe", False, layout_for(config.model_type, causal=True).max_input_length(config))
     layout_for(scratch_arch(cfg), causal=True)
+    _check_sizes(cfg, DECODER_SIZES)  # the task checks data.block_size against context: a bad one is named first
     return TextProfile(None, "byte_bpe", False, cfg.context)
 
 
