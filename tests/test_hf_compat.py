@@ -182,6 +182,21 @@ def test_greedy_decoding_equals_the_library_generate_and_speculation_equals_gree
     assert decoder.exit(prompt, 20, 1).tokens == ExitDecoder(model.extract(SubModel(1.0, (1,)))).full(prompt, 20).tokens
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma2"])
+def test_bench_decode_runs_on_every_layout(model_type):
+    """Every row is lossless where it should be; where the library's own early-exit assistant
+    cannot run (GPT-2), the bench says so instead of failing."""
+    from sortednet_cli.decode.bench import bench_decode
+
+    result = bench_decode(build(model_type), [[5, 17, 3, 9]], 8, [1, 2], [0.9], [(1, 2), (2, "auto")], [1, 2])
+    assert all(row["identical"] for row in result["rows"] if "identical" in row)
+    labels = [row["label"] for row in result["rows"]]
+    if model_type == "gpt2":
+        assert "transformers E=1" not in labels and "fails on gpt2" in result["library_unsupported"]
+    else:
+        assert "transformers E=2" in labels and result["library_unsupported"] is None
+
+
 @pytest.mark.parametrize("model_type", DECODERS)
 def test_decoding_cache_holds_the_full_forward_keys(model_type):
     """Feeding a sequence in two pieces through the layer cache gives the one-pass logits."""

@@ -52,4 +52,6 @@ def main(cfg: DictConfig) -> None:
                       percent(row.get("agreement")), "" if row.get("identical") is None else ("yes" if row["identical"] else "NO"))
     console.print(table)
     console.print(f"pick: {result['pick']['label']} ({result['pick']['reason']})", highlight=False)
+    if result["library_unsupported"]:
+        console.print(result["library_unsupported"], highlight=False, markup=False)
     console.print(f"wrote {run_dir / 'decode.json'}, {run_dir / 'decode.png'}", highlight=False)
