@@ -2,7 +2,8 @@
 # Every supported model_type through the CLI, from scratch, on real data (tiny models, CPU):
 # train (with its grid), export, the export loaded by transformers' Auto class with no sortednet
 # code (reproducing the grid's metric), and for decoders `generate` in every mode.
-# Usage: sweeps/architectures.sh [OUT_DIR] [TYPE ...]   (make check-architectures)
+# Usage: sweeps/architectures.sh [OUT_DIR] [TYPE ...]   (make check-architectures; STEPS=200, THREADS=2)
+# Types already in OUT_DIR/summary.tsv are appended to, not cleared.
 # Data: Tiny Shakespeare and SST-2 from ../shared/data, or TEXT=... and GLUE_ROOT=... .
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +14,12 @@ GLUE_ROOT=${GLUE_ROOT:-../shared/data/sst2}
 DECODERS="llama mistral qwen2 qwen3 olmo2 gemma2 phi3 gpt2 gpt_neox"
 ENCODERS="bert roberta xlm-roberta electra distilbert deberta-v2"
 TYPES=${*:-$DECODERS $ENCODERS}
-COMMON="trainer.device=cpu trainer.threads=2 eval.latency=false optim.lr=3e-3 sched.warmup_steps=20 trainer.max_steps=200 trainer.batch_size=32"
+STEPS=${STEPS:-200}
+THREADS=${THREADS:-2}
+COMMON="trainer.device=cpu trainer.threads=$THREADS eval.latency=false optim.lr=3e-3 sched.warmup_steps=20 trainer.max_steps=$STEPS trainer.batch_size=32"
 mkdir -p "$OUT"
 summary="$OUT/summary.tsv"
-printf 'type\tkind\ttrain_s\tfull_metric\tnarrowest_metric\texport_auto_metric\tgenerate_modes\n' > "$summary"
+[ -f "$summary" ] || printf 'type\tkind\tsteps\ttrain_s\tfull_metric\tnarrowest_metric\texport_auto_metric\tgenerate_modes\n' > "$summary"
 
 for type in $TYPES; do
   run="$OUT/$type"
@@ -82,7 +85,7 @@ PY
         hydra.run.dir="$run/generate_$mode" > "$run.generate_$mode.log" 2>&1 && modes="$modes$mode,"
     done
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s (grid %s)\t%s\n' "$type" "$kind" "$train_s" "$full" "$narrow" "$auto" "$grid_export" "${modes%,}" >> "$summary"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s (grid %s)\t%s\n' "$type" "$kind" "$STEPS" "$train_s" "$full" "$narrow" "$auto" "$grid_export" "${modes%,}" >> "$summary"
   echo "$type done: $(tail -1 "$summary")"
 done
 column -t -s $'\t' "$summary"
