@@ -1,6 +1,8 @@
 """Every registered model family keeps the model protocol, and every task the task protocol:
 not only the method names, but the equivalences the engine relies on."""
 
+import json
+
 import pytest
 import torch
 
@@ -67,8 +69,12 @@ def test_every_task_keeps_the_protocol(data_name, request):
     overrides = [f"data={data_name}"]
     if data_name == "cifar10":  # the protocol's attributes read the data
         overrides += [f"data.root={request.getfixturevalue('cifar10_root')}", "data.verify=false"]
-    if data_name in ("glue", "text"):  # text tasks need a model of their kind
+    if data_name in ("glue", "text", "instructions"):  # text tasks need a model of their kind
         family = "bert" if data_name == "glue" else "llama"
         overrides = tiny_text_overrides(family, request.getfixturevalue("glue_root"), request.getfixturevalue("text_path")) + overrides
+    if data_name == "instructions":
+        path = request.getfixturevalue("tmp_path") / "train.jsonl"
+        path.write_text("".join(json.dumps({"prompt": f"say {word}", "response": word}) + "\n" for word in ("yes", "no") * 20))
+        overrides = [o for o in overrides if not o.startswith("data.block_size")] + [f"data.path={path}", "data.max_length=32", "data.vocab_size=300"]
     cfg = compose_config("train", overrides)
     assert isinstance(build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True), Task)
