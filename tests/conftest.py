@@ -157,3 +157,19 @@ def cifar10_root() -> Path:
     if not (SHARED_CIFAR10 / "cifar-10-batches-py" / "data_batch_1").is_file():
         pytest.skip(f"real CIFAR-10 not found at {SHARED_CIFAR10} (set SORTEDNET_TEST_CIFAR10)")
     return SHARED_CIFAR10
+
+
+def interrupt_at_update(monkeypatch, count: int) -> None:
+    """Ctrl-C (SIGINT) arrives during the `count`-th sorted update of the next training run."""
+    from sortednet_cli.engine import train as train_module
+
+    calls = {"n": 0}
+    original = train_module.sorted_update
+
+    def update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == count:
+            train_module.signal.raise_signal(train_module.signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sorted_update", update)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from rich.console import Console
 
-from sortednet_cli.engine import train as train_module
 from sortednet_cli.engine.checkpoint import load_checkpoint
 from sortednet_cli.engine.train import train
 from sortednet_cli.errors import UserError
@@ -20,7 +19,7 @@ from sortednet_cli.tasks.text.instruction_task import ResponseMeter
 from sortednet_cli.tasks.text.instructions import IGNORE, InstructionSet, parse_example, prompt_ids, read_jsonl, resolve_template, segments
 from sortednet_cli.tasks.text.tokenizers import build_char_tokenizer, tokenizer_from_state, tokenizer_state, train_byte_bpe
 
-from conftest import TINY_TEXT_TRAINING, compose_config, run_cli
+from conftest import interrupt_at_update, TINY_TEXT_TRAINING, compose_config, run_cli
 
 FIELDS = SimpleNamespace(prompt_field="prompt", response_field="response", system_field="system", messages_field="messages")
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -138,16 +137,7 @@ def test_instruction_tuning_trains_resumes_exactly_and_generates_with_its_templa
         header = f.readline().strip().split(",")
     assert {"loss", "perplexity", "exact_match"} <= set(header)
 
-    calls = {"n": 0}
-    original = train_module.sorted_update
-
-    def update(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            train_module.signal.raise_signal(train_module.signal.SIGINT)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "sorted_update", update)
+    interrupt_at_update(monkeypatch, 5)
     assert train(compose_config("train", [*overrides, "trainer.eval_grid=false"]), tmp_path / "stopped", console=quiet()).interrupted
     monkeypatch.undo()
     train(compose_config("train", [*overrides, "trainer.eval_grid=false", f"resume={tmp_path / 'stopped'}"]), tmp_path / "x", console=quiet())

@@ -15,14 +15,13 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from sortednet_cli.engine import train as train_module
 from sortednet_cli.engine.checkpoint import load_checkpoint
 from sortednet_cli.engine.train import train
 from sortednet_cli.errors import UserError
 from sortednet_cli.tasks.text.glue_data import glue_spec, read_split
 from sortednet_cli.tasks.text.tokenizers import train_wordpiece
 
-from conftest import TINY_TEXT_TRAINING, compose_config, run_cli, tiny_text_overrides
+from conftest import interrupt_at_update, TINY_TEXT_TRAINING, compose_config, run_cli, tiny_text_overrides
 
 
 def quiet():
@@ -82,16 +81,7 @@ def test_interrupted_and_resumed_text_run_is_exact(text_run, tmp_path, monkeypat
     """Dropout, sampled sub-models, shuffled or windowed batches and the tokenizer all come back."""
     overrides = [*extra, "trainer.log_every=3", "trainer.epochs=2", "trainer.eval_grid=false"]
     text_run(family, *overrides, name="straight")
-    calls = {"n": 0}
-    original = train_module.sorted_update
-
-    def update(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            train_module.signal.raise_signal(train_module.signal.SIGINT)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "sorted_update", update)
+    interrupt_at_update(monkeypatch, 5)
     assert text_run(family, *overrides, name="stopped").interrupted
     monkeypatch.undo()
     text_run(family, *overrides, f"resume={tmp_path / 'stopped'}", name="elsewhere")

@@ -11,6 +11,16 @@ import torch
 from ...models.transformer import TokenBatch
 
 
+def padded_rows(flat: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor, pad_id: int):
+    """Rows `rows` of a flat store (row i is flat[offsets[i]:offsets[i + 1]]) padded on the right
+    to the longest of them: (ids, which positions are real, the flat index of each position)."""
+    starts, lengths = offsets[rows], (offsets[1:] - offsets[:-1])[rows]
+    position = torch.arange(int(lengths.max()))
+    present = position[None, :] < lengths[:, None]
+    gather = (starts[:, None] + position[None, :]).clamp(max=len(flat) - 1)
+    return torch.where(present, flat[gather], pad_id), present, gather
+
+
 @dataclass
 class TokenizedSet:
     """Variable-length rows stored flat: row i is ids[offsets[i]:offsets[i + 1]]."""
@@ -44,12 +54,7 @@ class TokenizedSet:
 
     def batch(self, rows: torch.Tensor, pad_id: int, device: torch.device) -> tuple[TokenBatch, torch.Tensor]:
         """Rows `rows` padded on the right to the longest of them."""
-        starts, lengths = self.offsets[rows], self.lengths()[rows]
-        longest = int(lengths.max())
-        position = torch.arange(longest)
-        present = position[None, :] < lengths[:, None]
-        gather = (starts[:, None] + position[None, :]).clamp(max=len(self.ids) - 1)
-        ids = torch.where(present, self.ids[gather], pad_id)
+        ids, present, gather = padded_rows(self.ids, self.offsets, rows, pad_id)
         types = torch.where(present, self.types[gather], 0) if self.types is not None else None
         batch = TokenBatch(ids, present.long(), types)
         return batch.to(device), self.labels[rows].to(device)

@@ -223,13 +223,9 @@ class InstructionSet:
         """Rows padded on the right to the longest (dynamic padding); inputs are the tokens but
         the last, targets the next token where it carries loss, IGNORE elsewhere."""
         from ...models.transformer import TokenBatch
+        from .batches import padded_rows
 
-        starts, lengths = self.offsets[rows], self.lengths()[rows]
-        longest = int(lengths.max())
-        position = torch.arange(longest)
-        present = position[None, :] < lengths[:, None]
-        gather = (starts[:, None] + position[None, :]).clamp(max=len(self.ids) - 1)
-        ids = torch.where(present, self.ids[gather], pad_id)
+        ids, present, gather = padded_rows(self.ids, self.offsets, rows, pad_id)
         targets = torch.where(present & self.loss[gather], ids, IGNORE)
         batch = TokenBatch(ids[:, :-1], present[:, :-1].long())
         return batch.to(device), targets[:, 1:].to(device)
