@@ -17,7 +17,7 @@ TEXT=${TEXT:-../shared/data/tinyshakespeare/input.txt}
 SST2=${SST2:-../shared/data/sst2}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1600}
 FINETUNE_STEPS=${FINETUNE_STEPS:-$((PRETRAIN_STEPS / 4))}
-SST2_STEPS=${SST2_STEPS:-300}
+SST2_STEPS=${SST2_STEPS:-200}
 THREADS=${THREADS:-2}
 mkdir -p "$OUT"
 times="$OUT/wall_times.tsv"
@@ -43,7 +43,8 @@ step sorted_finetune "$BIN/sortednet" train model=decoder model.pretrained="$PRE
   pool=exits trainer.update=all_exits trainer.batch_size=32 trainer.max_steps="$FINETUNE_STEPS" optim.lr=1e-3 sched.warmup_steps=20 \
   $COMMON hydra.run.dir="$OUT/sorted_finetune"
 
-"$BIN/python" sweeps/sst2_instructions.py "$SST2" "$OUT/sst2_instructions" > /dev/null
+# Reviews up to 150 characters: with the template they fit the model's 128-token context.
+"$BIN/python" sweeps/sst2_instructions.py "$SST2" "$OUT/sst2_instructions" 150 | tee "$OUT/sst2_instructions.txt"
 SFT="data=instructions data.path=$OUT/sst2_instructions/train.jsonl data.val_path=$OUT/sst2_instructions/val.jsonl data.max_length=128 \
   trainer.batch_size=32 trainer.max_steps=$SST2_STEPS optim.lr=1e-3 sched.warmup_steps=20"
 step sst2_sorted "$BIN/sortednet" train model=decoder model.pretrained="$PRETRAINED" $SFT pool=exits trainer.update=all_exits \
