@@ -66,8 +66,8 @@ shakespeare-quick: $(BIN)/sortednet ## a character-level LLaMA with every exit t
 check-architectures: $(BIN)/sortednet ## every supported model_type from scratch through train, export (Auto class) and generate (outputs/architectures)
 	sweeps/architectures.sh outputs/architectures $(ARGS)
 
-test: $(BIN)/sortednet ## run the test suite
-	$(BIN)/python -m pytest -q $(ARGS)
+test: $(BIN)/sortednet ## run the test suite (and list its 15 slowest tests)
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
 
 clean: ## remove the virtualenv and build leftovers (keeps outputs/)
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
