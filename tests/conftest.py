@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from sortednet_cli import cli
+from sortednet_cli.engine.runtime import set_threads
 from sortednet_cli.plugins import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ TINY = [
     "eval.calib_images=256",
 ]
 
-torch.set_num_threads(2)
+set_threads(2, "conftest")
 
 # Tiny Transformers (2 layers, hidden 32) on tiny hand-made text; the data paths come from the
 # session fixtures glue_root and text_path (tiny_text_overrides puts them in).

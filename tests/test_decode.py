@@ -54,10 +54,12 @@ LENGTHS = (1, 7, 40, 100)
 def one_thread():
     """Tensors this small gain nothing from a second thread, and two threads that share two
     cores with other work spin-wait: a training step measured 20 ms on one thread, 460 ms on two."""
+    from sortednet_cli.engine.runtime import set_threads
+
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    set_threads(1, "one_thread")
     yield
-    torch.set_num_threads(previous)
+    set_threads(previous, "one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +261,25 @@ def test_bad_input_is_a_user_error(decoder, prompts, call):
     with pytest.raises(UserError) as info:
         call(decoder, prompts[0])
     assert "\n" not in str(info.value)
+
+
+def test_the_library_baselines_refuse_a_bad_request_with_the_exit_decoders_line(trained, decoder, prompts):
+    """One prompt and length check for every decoding path: the same request is refused by
+    ExitDecoder and by the library baselines with the same one line (a bool is no count)."""
+    model = trained[0]
+    vocab = decoder.vocab_size
+    for prompt, new in [([], 5), (prompts[0], 0), (prompts[0], True), ([vocab], 5), (prompts[1] * CONTEXT, 5)]:
+        with pytest.raises(UserError) as ours:
+            decoder.full(prompt, new)
+        for baseline in (lambda: library_greedy(model, prompt, new), lambda: library_assistant_early_exit(model, prompt, new, exit=2)):
+            with pytest.raises(UserError) as theirs:
+                baseline()
+            assert str(theirs.value) == str(ours.value) and "\n" not in str(ours.value)
+    for exit in (True, 0, LAYERS):
+        with pytest.raises(UserError, match="assistant_early_exit must be in 1..3"):
+            library_assistant_early_exit(model, prompts[0], 5, exit=exit)
+    with pytest.raises(UserError, match="an int >= 1 or 'auto', not True"):
+        decoder.speculative(prompts[0], 5, 2, True)
 
 
 def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts, tmp_path):

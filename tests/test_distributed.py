@@ -25,9 +25,11 @@ def free_port() -> int:
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    from sortednet_cli.engine.runtime import set_threads
     from sortednet_cli.engine.train import train
     from sortednet_cli.sorted.sampler import SandwichSampler
+
+    set_threads(1, "worker")
 
     drawn = []
     original = SandwichSampler.draw

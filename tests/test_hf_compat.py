@@ -263,6 +263,19 @@ def test_model_arch_must_match_the_pretrained_type(tmp_path):
         build_decoder(OmegaConf.structured(DecoderConfig(arch="qwen2", pretrained=str(tmp_path))), VOCAB)
 
 
+def test_a_pretrained_vocabulary_smaller_than_the_tokenizers_is_one_line_for_both_families(tmp_path):
+    """The one vocabulary check of a pretrained model, on the decoder and on the encoder family."""
+    build("gpt2").hf.save_pretrained(tmp_path / "decoder")
+    build("bert").hf.save_pretrained(tmp_path / "encoder")
+    expected = rf"model.pretrained=.*: its vocabulary \({VOCAB}\) is smaller than its tokenizer's \({VOCAB + 1}\)$"
+    with pytest.raises(UserError, match=expected):
+        build_decoder(OmegaConf.structured(DecoderConfig(pretrained=str(tmp_path / "decoder"))), VOCAB + 1)
+    with pytest.raises(UserError, match=expected):
+        build_encoder(OmegaConf.structured(EncoderConfig(pretrained=str(tmp_path / "encoder"))), VOCAB + 1, 2, 0,
+                      "single_label_classification")
+    assert build_decoder(OmegaConf.structured(DecoderConfig(pretrained=str(tmp_path / "decoder"))), VOCAB).hf.config.vocab_size == VOCAB
+
+
 def test_additive_mask_matches_padding_causality_and_windows():
     cpu = torch.device("cpu")
     padding = torch.tensor([[1, 1, 0]])

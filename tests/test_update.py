@@ -87,6 +87,22 @@ def test_inplace_distillation_teaches_the_other_draws_with_the_largest_predictio
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_the_soft_target_loss_is_the_mean_kl_per_row_times_t_squared_for_classes_and_tokens():
+    """One soft-target loss for every task: rows of classes (image, GLUE) and (batch, position)
+    rows of a vocabulary (language models) both give T^2 x the mean over rows of
+    KL(teacher || student) at temperature T."""
+    from sortednet_cli.sorted.distill import kl_soft_loss
+
+    torch.manual_seed(0)
+    for shape in [(4, 10), (2, 3, 7)]:
+        student, teacher = torch.randn(shape), torch.randn(shape)
+        t = 2.0
+        p, log_p, log_q = F.softmax(teacher / t, -1), F.log_softmax(teacher / t, -1), F.log_softmax(student / t, -1)
+        expected = (p * (log_p - log_q)).sum(-1).mean() * t**2
+        torch.testing.assert_close(kl_soft_loss(student, teacher, t), expected)
+    assert float(kl_soft_loss(teacher, teacher, 3.0)) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_inplace_distillation_refuses_a_student_before_its_teacher():
     from sortednet_cli.errors import UserError
     from sortednet_cli.sorted.distill import InplaceDistillation

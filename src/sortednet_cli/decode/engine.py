@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..errors import UserError
+from ..values import is_int, is_number
 from ..models import hf_compat
 from ..models import family_of
 from ..models.transformer import SortedDecoder, TokenBatch
@@ -53,10 +54,10 @@ class DraftSchedule:
     def __init__(self, draft_len: DraftLen, start: int = 4):
         self.adaptive = draft_len == "auto"
         if self.adaptive:
-            if isinstance(start, bool) or not isinstance(start, int) or not self.MIN <= start <= self.MAX:
+            if not is_int(start) or not self.MIN <= start <= self.MAX:
                 raise UserError(f"the auto draft length starts in {self.MIN}..{self.MAX}, not {start!r}")
             self.length = start
-        elif isinstance(draft_len, bool) or not isinstance(draft_len, int) or draft_len < 1:
+        elif not is_int(draft_len) or draft_len < 1:
             raise UserError(f"draft_len must be an int >= 1 or 'auto', not {draft_len!r}")
         else:
             self.length = draft_len
@@ -68,6 +69,21 @@ class DraftSchedule:
         self.length = min(self.MAX, max(self.MIN, self.length + step))
 
 
+def check_request(prompt_ids: Sequence[int], max_new_tokens: int, context: int, vocab_size: int) -> tuple[list[int], int]:
+    """The prompt as a list of ids, checked against the vocabulary and the context, and how many
+    new tokens fit (max_new_tokens clipped to the context): every decoding path's checks."""
+    prompt = [int(t) for t in prompt_ids]
+    if not prompt:
+        raise UserError("the prompt is empty: give at least one token")
+    if any(not 0 <= t < vocab_size for t in prompt):
+        raise UserError(f"the prompt holds token ids outside the vocabulary 0..{vocab_size - 1}")
+    if len(prompt) > context:
+        raise UserError(f"the prompt has {len(prompt)} tokens; the model's context is {context}")
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be an int >= 1, not {max_new_tokens!r}")
+    return prompt, min(max_new_tokens, context - len(prompt))
+
+
 def _greedy(logits: torch.Tensor) -> int:
     return int(logits.reshape(-1).argmax())
 
@@ -77,7 +93,7 @@ def _sampler(temperature: float, top_k: Optional[int], seed: int, device: torch.
     generator seeded once per generation, so a seed reproduces the text."""
     if temperature < 0:
         raise UserError(f"temperature must be >= 0, not {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise UserError(f"top_k must be an int >= 1, not {top_k!r}")
     if temperature == 0:
         return _greedy
@@ -171,20 +187,12 @@ class ExitDecoder:
 
     def _begin(self, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], int]:
         """The prompt as a list and how many tokens fit (max_new_tokens clipped to the context)."""
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise UserError("the prompt is empty: give at least one token")
-        if any(not 0 <= t < self.vocab_size for t in prompt):
-            raise UserError(f"the prompt holds token ids outside the vocabulary 0..{self.vocab_size - 1}")
-        if len(prompt) > self.context:
-            raise UserError(f"the prompt has {len(prompt)} tokens; the model's context is {self.context}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be an int >= 1, not {max_new_tokens!r}")
+        prompt, limit = check_request(prompt_ids, max_new_tokens, self.context, self.vocab_size)
         self._reset()
-        return prompt, min(max_new_tokens, self.context - len(prompt))
+        return prompt, limit
 
     def _check_exit(self, depth: int, name: str, highest: int) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= highest:
+        if not is_int(depth) or not 1 <= depth <= highest:
             raise UserError(f"{name} must be a layer count in 1..{highest} (the model has {self.num_layers} layers), not {depth!r}")
 
     def _finish(self, mode: str, tokens: list[int], started: float, requested: int, eos_id: Optional[int], **extra) -> Generation:
@@ -249,7 +257,7 @@ class ExitDecoder:
         exactly the keys/values a full forward would (LayerSkip's way). So every layer's cache
         always holds a prefix of the sequence, and the cost of the skipped layers is deferred and
         batched, not avoided: the gain is fewer sequential layer calls."""
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        if not is_number(threshold) or not 0 < threshold <= 1:
             raise UserError(f"the early-exit threshold must be in (0, 1], not {threshold!r}")
         candidates = set(range(1, self.num_layers + 1)) if exits is None else set(exits)
         for depth in candidates:

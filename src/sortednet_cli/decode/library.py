@@ -18,7 +18,8 @@ import torch
 
 from ..errors import UserError
 from ..models.transformer import SortedDecoder
-from .engine import Generation
+from ..values import is_int
+from .engine import Generation, check_request
 
 SCHEDULES = (None, "constant", "heuristic", "heuristic_transient")
 
@@ -41,15 +42,8 @@ def _assistant_settings(model: SortedDecoder, draft_len: Optional[int], schedule
 def _generate(model: SortedDecoder, prompt_ids: Sequence[int], max_new_tokens: int, mode: str, **options) -> Generation:
     """Greedy `generate` that stops only at the length: no eos (min_new_tokens as well, in case
     the stored config brings one back), and the context limit applied as in ExitDecoder."""
-    prompt = [int(t) for t in prompt_ids]
-    if not prompt:
-        raise UserError("the prompt is empty: give at least one token")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be an int >= 1, not {max_new_tokens!r}")
     context = int(model.config.max_position_embeddings)
-    if len(prompt) > context:
-        raise UserError(f"the prompt has {len(prompt)} tokens; the model's context is {context}")
-    limit = min(max_new_tokens, context - len(prompt))
+    prompt, limit = check_request(prompt_ids, max_new_tokens, context, int(model.config.vocab_size))
     ids = torch.tensor([prompt], device=model.hf.device)
     started = time.perf_counter()
     tokens: list[int] = []
@@ -77,9 +71,9 @@ def library_assistant_early_exit(model: SortedDecoder, prompt_ids: Sequence[int]
     assistant's num_assistant_tokens / num_assistant_tokens_schedule for this call; None keeps the
     library's defaults (20 tokens, "constant", plus its confidence cut-off at 0.4)."""
     layers = len(model.layers)
-    if isinstance(exit, bool) or not isinstance(exit, int) or not 1 <= exit < layers:
+    if not is_int(exit) or not 1 <= exit < layers:
         raise UserError(f"assistant_early_exit must be in 1..{layers - 1} (the model has {layers} layers), not {exit!r}")
-    if draft_len is not None and (isinstance(draft_len, bool) or not isinstance(draft_len, int) or draft_len < 1):
+    if draft_len is not None and (not is_int(draft_len) or draft_len < 1):
         raise UserError(f"the library's draft length must be an int >= 1, not {draft_len!r}")
     if schedule not in SCHEDULES:
         raise UserError(f"the library's draft schedule is one of {', '.join(s for s in SCHEDULES if s)}, not {schedule!r}")

@@ -71,22 +71,19 @@ def _check_sizes(cfg, keys: tuple[str, ...]) -> None:
         raise UserError(f"model.hidden={cfg.hidden} must be a multiple of model.heads={cfg.heads}")
 
 
-def _pretrained(cfg, causal: bool, **overrides) -> nn.Module:
+def _pretrained(cfg, causal: bool, vocab_size: int, **overrides) -> nn.Module:
+    """The pretrained library model, checked against model.arch and the tokenizer's vocabulary."""
     hf = load_pretrained(cfg.pretrained, causal, **overrides)
     if cfg.arch and cfg.arch != hf.config.model_type:
         raise UserError(f"model.arch={cfg.arch}, but model.pretrained={cfg.pretrained} holds a {hf.config.model_type} model: drop model.arch")
-    return hf
-
-
-def _check_vocabulary(hf: nn.Module, location: str, vocab_size: int) -> None:
     if hf.config.vocab_size < vocab_size:
-        raise UserError(f"model.pretrained={location}: its vocabulary ({hf.config.vocab_size}) is smaller than its tokenizer's ({vocab_size})")
+        raise UserError(f"model.pretrained={cfg.pretrained}: its vocabulary ({hf.config.vocab_size}) is smaller than its tokenizer's ({vocab_size})")
+    return hf
 
 
 def build_encoder(cfg, vocab_size: int, num_labels: int, pad_token_id: int, problem_type: str) -> SortedEncoder:
     if cfg.pretrained:
-        hf = _pretrained(cfg, causal=False, num_labels=num_labels, problem_type=problem_type)
-        _check_vocabulary(hf, cfg.pretrained, vocab_size)
+        hf = _pretrained(cfg, False, vocab_size, num_labels=num_labels, problem_type=problem_type)
     else:
         _check_sizes(cfg, ENCODER_SIZES)
         arch = scratch_arch(cfg)
@@ -99,8 +96,7 @@ def build_encoder(cfg, vocab_size: int, num_labels: int, pad_token_id: int, prob
 
 def build_decoder(cfg, vocab_size: int, bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> SortedDecoder:
     if cfg.pretrained:
-        hf = _pretrained(cfg, causal=True)
-        _check_vocabulary(hf, cfg.pretrained, vocab_size)
+        hf = _pretrained(cfg, True, vocab_size)
     else:
         _check_sizes(cfg, DECODER_SIZES)
         kv_heads = cfg.kv_heads or cfg.heads

@@ -8,8 +8,19 @@ from typing import Any, Callable, Optional
 
 import torch
 
+import torch.nn.functional as F
+
 from ..errors import UserError
 from .submodel import SubModel
+
+
+def kl_soft_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened distributions over the last dimension,
+    averaged over the rows (every other dimension), scaled by T^2 so its gradients keep the size
+    of the hard loss's (Hinton et al.). The soft-target loss of every classifying task."""
+    log_student = F.log_softmax(logits.flatten(0, -2) / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher.flatten(0, -2) / temperature, dim=-1)
+    return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
 class InplaceDistillation:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import UserError
+from ..values import is_int, is_number
 from .submodel import SubModel, depth_order_key, format_depth
 
 
@@ -50,13 +51,13 @@ def _one_depth(entry: Any, depth_limits: Sequence[int]) -> tuple[int, ...]:
     stages = len(depth_limits)
     if entry == "max":
         return tuple(depth_limits)
-    if isinstance(entry, bool) or not isinstance(entry, (int, list, tuple)):
+    if not (is_int(entry) or isinstance(entry, (list, tuple))):
         raise UserError(
             f"pool.depths: {entry!r} is not a depth (use an int k, a per-stage list like "
             f"{list(depth_limits)}, or 'max')"
         )
     depth = (entry,) * stages if isinstance(entry, int) else tuple(entry)
-    if len(depth) != stages or not all(isinstance(d, int) and not isinstance(d, bool) for d in depth):
+    if len(depth) != stages or not all(is_int(d) for d in depth):
         raise UserError(
             f"pool.depths: {list(depth)} needs {stages} whole numbers, one block count per stage"
         )
@@ -76,7 +77,7 @@ def build_pool(name: str, widths: Sequence[Any], depths: Any, depth_limits: Sequ
     if not widths:
         raise UserError("pool.widths is empty: a pool needs at least one width")
     for w in widths:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
+        if not is_number(w) or not 0 < w <= 1:
             raise UserError(f"pool.widths: {w!r} is outside (0, 1]")
     if len(set(widths)) != len(widths):
         repeated = sorted({w for w in widths if widths.count(w) > 1})

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Batch, Metric
+from ...sorted.distill import kl_soft_loss
 from ..registry import TASKS
 from .data import Normalizer, TrainBatches, eval_batches, load_splits
 
@@ -124,11 +125,7 @@ class ImageClassification:
         return F.cross_entropy(logits, labels)
 
     def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-        """KL(teacher || student) on temperature-softened distributions, scaled by T^2 so its
-        gradients keep the size of the hard loss's (Hinton et al.)."""
-        log_student = F.log_softmax(logits / temperature, dim=1)
-        log_teacher = F.log_softmax(teacher / temperature, dim=1)
-        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+        return kl_soft_loss(logits, teacher, temperature)
 
     def meter(self) -> AccuracyMeter:
         return AccuracyMeter()

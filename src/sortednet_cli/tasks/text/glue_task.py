@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ...errors import UserError
 from ...models import TextProfile
+from ...sorted.distill import kl_soft_loss
 from ..registry import TASKS
 from .batches import ShuffledBatches, TokenizedSet, ordered_batches
 from .glue_data import GlueMeter, glue_metric, glue_spec, num_labels, read_split, split_file
@@ -156,9 +157,7 @@ class GlueClassification:
     def soft_loss(self, outputs: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
         if self.spec.is_regression:
             return F.mse_loss(outputs, teacher)
-        log_student = F.log_softmax(outputs / temperature, dim=1)
-        log_teacher = F.log_softmax(teacher / temperature, dim=1)
-        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+        return kl_soft_loss(outputs, teacher, temperature)
 
     def meter(self) -> GlueMeter:
         return GlueMeter(self.spec)

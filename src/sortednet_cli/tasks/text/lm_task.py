@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ...errors import UserError
 from ...models import TextProfile
+from ...sorted.distill import kl_soft_loss
 from ..base import Metric
 from ..registry import TASKS
 from .batches import WindowBatches, stream_windows
@@ -79,9 +80,7 @@ class NextTokenLoss:
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
 
     def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-        log_student = F.log_softmax(logits.flatten(0, 1) / temperature, dim=-1)
-        log_teacher = F.log_softmax(teacher.flatten(0, 1) / temperature, dim=-1)
-        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+        return kl_soft_loss(logits, teacher, temperature)
 
     def meter(self) -> LossMeter:
         return LossMeter()
