@@ -40,14 +40,14 @@ step export "$BIN/sortednet" export checkpoint="$OUT/pretrain" sub=one sub.width
 PRETRAINED="$OUT/export/w1_d6"
 step truncated "$BIN/sortednet" eval-grid checkpoint="$OUT/pretrain" pool=exits $EVAL hydra.run.dir="$OUT/truncated"
 step sorted_finetune "$BIN/sortednet" train model=decoder model.pretrained="$PRETRAINED" data.path="$TEXT" data.block_size=128 \
-  pool=exits trainer.update=all_exits trainer.batch_size=32 trainer.max_steps="$FINETUNE_STEPS" optim.lr=1e-3 sched.warmup_steps=20 \
+  pool=exits trainer.objective=all_exits trainer.batch_size=32 trainer.max_steps="$FINETUNE_STEPS" optim.lr=1e-3 sched.warmup_steps=20 \
   $COMMON hydra.run.dir="$OUT/sorted_finetune"
 
 # Reviews up to 150 characters: with the template they fit the model's 128-token context.
 "$BIN/python" sweeps/sst2_instructions.py "$SST2" "$OUT/sst2_instructions" 150 | tee "$OUT/sst2_instructions.txt"
 SFT="data=instructions data.path=$OUT/sst2_instructions/train.jsonl data.val_path=$OUT/sst2_instructions/val.jsonl data.max_length=128 \
   trainer.batch_size=32 trainer.max_steps=$SST2_STEPS optim.lr=1e-3 sched.warmup_steps=20"
-step sst2_sorted "$BIN/sortednet" train model=decoder model.pretrained="$PRETRAINED" $SFT pool=exits trainer.update=all_exits \
+step sst2_sorted "$BIN/sortednet" train model=decoder model.pretrained="$PRETRAINED" $SFT pool=exits trainer.objective=all_exits \
   $COMMON hydra.run.dir="$OUT/sst2_sorted"
 step sst2_ordinary "$BIN/sortednet" train model=decoder model.pretrained="$PRETRAINED" $SFT pool=full $COMMON hydra.run.dir="$OUT/sst2_ordinary"
 step sst2_truncated "$BIN/sortednet" eval-grid checkpoint="$OUT/sst2_ordinary" pool=exits $EVAL hydra.run.dir="$OUT/sst2_truncated"

@@ -36,9 +36,9 @@ def test_every_config_group_option_composes(group, option):
 
 def test_a_transformer_family_brings_its_training_defaults():
     cfg = compose_config("train", ["model=llama"])
-    assert (cfg.pool.name, cfg.data.name, cfg.optim.name, cfg.sched.warmup_steps, cfg.trainer["update"]) == ("exits", "text", "adamw", 200, "all_exits")
+    assert (cfg.pool.name, cfg.data.name, cfg.optim.name, cfg.sched.warmup_steps, cfg.trainer.objective) == ("exits", "text", "adamw", 200, "all_exits")
     cfg = compose_config("train", ["model=bert", "optim=sgd", "pool=enc_grid"])  # the command line still wins
-    assert (cfg.pool.name, cfg.data.name, cfg.optim.name, cfg.trainer["update"]) == ("enc_grid", "glue", "sgd", "draws")
+    assert (cfg.pool.name, cfg.data.name, cfg.optim.name, cfg.trainer.objective) == ("enc_grid", "glue", "sgd", "sampled")
 
 
 def test_conf_folder_lists_exactly_the_documented_options():

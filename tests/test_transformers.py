@@ -43,7 +43,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_all_exits_logs_every_exit_and_trains_the_mean(text_run):
-    result = text_run("bert", "pool=enc_tiny", "trainer.update=all_exits", "trainer.max_steps=4")
+    result = text_run("bert", "pool=enc_tiny", "trainer.objective=all_exits", "trainer.max_steps=4")
     rows = read_csv(result.run_dir / "metrics.csv")
     # Each step draws one width and trains both of its exits (depth 1 and 2) on one batch.
     assert len(rows) == 4 * 2
@@ -109,7 +109,7 @@ def exported_accuracy(directory: Path, glue_root: Path) -> float:
 def test_encoder_grid_export_and_truncation_compare(tmp_path, glue_root, text_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = [*tiny_text_overrides("bert", glue_root, text_path), *TINY_TEXT_TRAINING, "trainer.epochs=4", "optim.lr=3e-3"]
-    code, out, err = run_cli(["train", *base, "pool=enc_grid", "trainer.update=all_exits", f"hydra.run.dir={tmp_path / 'sorted'}"], capsys)
+    code, out, err = run_cli(["train", *base, "pool=enc_grid", "trainer.objective=all_exits", f"hydra.run.dir={tmp_path / 'sorted'}"], capsys)
     assert code == 0, err
     grid = {(float(r["width"]), r["depth"]): r for r in read_csv(tmp_path / "sorted" / "grid.csv")}
     assert len(grid) == 8 and float(grid[(1.0, "2")]["accuracy"]) > 0.9  # the words decide the label

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .engine.claim import claim, release_all
 from .plugins import register_configs
 from .errors import UserError
+from .renames import renamed_override
 
 COMMANDS = {
     "train": "train a sorted network on a pool of sub-models (the main job)",
@@ -193,6 +194,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     command = argv[0]
     if command not in COMMANDS:
         fail(f"unknown command {command!r} (commands: {', '.join(COMMANDS)}; see sortednet --help)")
+    renamed = renamed_override(argv[1:])
+    if renamed:
+        fail(renamed)
     app = importlib.import_module(f"sortednet_cli.commands.{command.replace('-', '_')}").main
     args = quote_numeric_options(argv[1:])
     if command in CHECKPOINT_COMMANDS:

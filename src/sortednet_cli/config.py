@@ -25,8 +25,8 @@ class Distill(str, Enum):
     inplace = "inplace"
 
 
-class Update(str, Enum):
-    draws = "draws"  # each draw trains the one sub-model the sampler picks
+class Objective(str, Enum):
+    sampled = "sampled"  # each draw trains the one sub-model the sampler picks
     all_exits = "all_exits"  # each draw trains every depth of the pool at the drawn width, one pass
 
 
@@ -86,9 +86,10 @@ class TrainerConfig:
     clip_grad_norm: Optional[float] = None
     # Stop after this many optimizer steps (the schedule is laid out over them); null: epochs decide.
     max_steps: Optional[int] = None
-    # all_exits: a draw picks a width and one forward pass trains the mean loss of every depth
-    # of the pool at that width (Sorted LLaMA's scheme; metrics.csv gets one row per exit).
-    update: Update = Update.draws
+    # What each draw trains. sampled: the sub-model the sampler picks; all_exits: a draw picks a
+    # width and one forward pass trains the mean loss of every depth of the pool at that width
+    # (Sorted LLaMA's scheme; metrics.csv gets one row per exit).
+    objective: Objective = Objective.sampled
     # inplace: the largest sub-model of each step teaches the step's other draws (same batch).
     distill: Distill = Distill.none
     distill_temperature: float = 1.0

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import TrainConfig
 from ..errors import UserError
 from ..models import FAMILIES
+from ..renames import upgrade_config
 from ..tasks import TASKS
 from .optim import OPTIMIZERS, SCHEDULERS
 
@@ -22,8 +23,9 @@ CHECKPOINT_NAME = "last.pt"
 
 def checkpoint_config(checkpoint: dict) -> DictConfig:
     """The typed training config a checkpoint was written with: the plug-in nodes (model, data,
-    optimizer, schedule) typed by their own schemas, keys added since filled with defaults."""
-    saved = OmegaConf.create(checkpoint["config"])
+    optimizer, schedule) typed by their own schemas, keys added since filled with defaults and
+    keys renamed since under their new names."""
+    saved = OmegaConf.create(upgrade_config(OmegaConf.to_container(OmegaConf.create(checkpoint["config"]))))
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
     for key, registry in (("model", FAMILIES), ("data", TASKS), ("optim", OPTIMIZERS), ("sched", SCHEDULERS)):
         cfg[key] = registry.typed(saved[key].name, saved[key])

@@ -115,7 +115,7 @@ class Run:
     elapsed_before: float
     images_before: int
     resumed: bool
-    all_exits: Optional[AllExits] = None  # trainer.update=all_exits
+    all_exits: Optional[AllExits] = None  # trainer.objective=all_exits
 
 
 @dataclass
@@ -185,8 +185,8 @@ def validate_trainer(cfg) -> None:
             raise UserError(f"trainer.{key} must be >= 0, 0 turns the stall warning off (got {getattr(cfg, key)})")
     if cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0:
         raise UserError(f"trainer.clip_grad_norm must be > 0 or null (got {cfg.clip_grad_norm})")
-    if cfg.distill.value == "inplace" and cfg["update"].value == "all_exits":
-        raise UserError("trainer.distill=inplace and trainer.update=all_exits do not combine: all_exits already trains every exit of a width on the same batch")
+    if cfg.distill.value == "inplace" and cfg.objective.value == "all_exits":
+        raise UserError("trainer.distill=inplace and trainer.objective=all_exits do not combine: all_exits already trains every exit of a width on the same batch")
     if cfg.distill.value == "inplace":
         if not cfg.accum_same_batch:
             raise UserError("trainer.distill=inplace needs trainer.accum_same_batch=true: the largest sub-model teaches on the batch the step's draws share")
@@ -282,7 +282,7 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     console.print(
         f"training {cfg.model.name} on {task.describe()}, "
         f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}"
-        + (" (every exit of the drawn width)" if trainer["update"].value == "all_exits" else "")
+        + (" (every exit of the drawn width)" if trainer.objective.value == "all_exits" else "")
         + f", grad_accum {g}, "
         f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}"
         + (f" x {ranks.world_size} ranks" if ranks.enabled else "")
@@ -290,7 +290,7 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
         + f"; run dir {run_dir}",
         highlight=False,
     )
-    all_exits = AllExits(pool, task.loss) if trainer["update"].value == "all_exits" else None
+    all_exits = AllExits(pool, task.loss) if trainer.objective.value == "all_exits" else None
     run = Run(cfg, run_dir, ranks, device, console, task, model, pool, sampler, batches, optimizer, scheduler,
               logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, images_before,
               resumed=checkpoint is not None, all_exits=all_exits)
@@ -372,7 +372,7 @@ def plan_step(run: Run, step: int) -> StepPlan:
 
 def draw_objective(run: Run) -> tuple[Forward, DrawLoss]:
     """How each draw of a step computes its outputs and its loss: one sub-model on the task's
-    loss or in-place distillation's, or every exit of the drawn width (all-exits update)."""
+    loss or in-place distillation's, or every exit of the drawn width (trainer.objective=all_exits)."""
     if run.all_exits is not None:
         return run.all_exits.forward, run.all_exits.loss
     return sub_forward, draw_loss(run)

@@ -1,0 +1,51 @@
+"""Config keys and output fields renamed since earlier versions, in one place.
+
+On the command line an old key is one line naming its new name (`cli.main`); what earlier runs
+saved is read with the new names: the config a checkpoint or a run directory keeps
+(`upgrade_config`), and summary.json and grid.json (`upgrade_record`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+# old key -> new key (dotted config paths)
+RENAMED_KEYS = {
+    "trainer.update": "trainer.objective",  # `update` shadowed DictConfig.update
+}
+# new key -> {old value: new value}
+RENAMED_VALUES = {"trainer.objective": {"draws": "sampled"}}
+# summary.json and grid.json fields: old -> new
+RENAMED_FIELDS: dict[str, str] = {}
+
+
+def renamed_override(args: Iterable[str]) -> Optional[str]:
+    """The one-line message for the first command-line override that sets a renamed key."""
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in RENAMED_KEYS:
+            return f"{key} was renamed to {RENAMED_KEYS[key]}"
+    return None
+
+
+def upgrade_config(config: dict) -> dict:
+    """A saved config (a plain dict) with renamed keys and values under their new names; a new
+    key already set wins over its old one."""
+    for old, new in RENAMED_KEYS.items():
+        old_section, old_name = old.split(".")
+        new_section, new_name = new.split(".")
+        section = config.get(old_section)
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        value = section.pop(old_name)
+        target = config.setdefault(new_section, {})
+        if isinstance(target, dict):
+            target.setdefault(new_name, RENAMED_VALUES.get(new, {}).get(value, value))
+    return config
+
+
+def upgrade_record(record: Optional[dict]) -> Optional[dict]:
+    """summary.json or grid.json of an earlier run with its fields under their new names."""
+    if not isinstance(record, dict):
+        return record
+    return {RENAMED_FIELDS.get(key, key) if RENAMED_FIELDS.get(key) not in record else key: value for key, value in record.items()}
