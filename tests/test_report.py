@@ -22,7 +22,7 @@ from sortednet_cli.jsonfiles import read_json, write_json
 from sortednet_cli.errors import UserError
 from sortednet_cli.plugins import register_configs
 from sortednet_cli.reports.grid_report import grid_columns
-from sortednet_cli.reports.report_figures import moving_average, width_buckets
+from sortednet_cli.reports.report_figures import moving_average, plot_grids, width_buckets
 
 def small(train_images: int = 256) -> list[str]:
     """One epoch of train_images / 32 mini-batches on synthetic images, one thread (the test
@@ -173,18 +173,18 @@ def test_bad_report_input_is_one_line_with_exit_code_2(tmp_path, capsys, monkeyp
 
 def write_run(run_dir, pool: str, cells: list[tuple[float, str, float]], meta: dict) -> None:
     """A finished train run with a hand-written grid: cells are (width, depth, metric value), the
-    metric column named as meta says (accuracy without one, as in grids from before it did)."""
+    metric column named as meta says; grid.json records a baseline of 1.0 unless meta gives one."""
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text(f"pool:\n  name: {pool}\ntrainer:\n  eval_grid: true\n  epochs: 1\n")
     (run_dir / ".hydra" / "overrides.yaml").write_text(f"- pool={pool}\n")
     write_json(run_dir / "summary.json", {"pool": pool, "steps": 4, "total_steps": 4})
-    metric = meta.get("metric", {}).get("name", "accuracy")
+    metric = meta["metric"]["name"]
     columns = grid_columns(metric)
     with open(run_dir / "grid.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="")
         writer.writeheader()
         writer.writerows({"width": w, "depth": d, "params": 1000, "mflops": 1.0, metric: value} for w, d, value in cells)
-    write_json(run_dir / "grid.json", meta)
+    write_json(run_dir / "grid.json", {"baseline": {metric: 1.0, "source": "given number"}, **meta})
 
 
 def test_report_on_a_lower_is_better_metric(tmp_path, capsys):
@@ -204,9 +204,27 @@ def test_report_on_a_lower_is_better_metric(tmp_path, capsys):
     assert "full model 0.5." in report and "| 0.4 | 0.7062 | 1 | 125.0% | 70.8% | 50.0% |" in report and "worst (highest)" in report
     assert (tmp_path / "report" / "grids.png").read_bytes().startswith(b"\x89PNG")
     # Jobs measuring different metrics are not put in one table.
-    write_run(tmp_path / "old", "tiny", [(1.0, "2-2-2", 0.9)], {})
-    with pytest.raises(UserError, match="different metrics"):
-        report_metric([load_job(tmp_path / name, name) for name in ("tiny", "old")])
+    accuracy = {"metric": {"name": "accuracy", "higher_is_better": True, "lower": 0.0, "upper": 1.0}, "full": {"width": 1.0, "depth": "2-2-2"}}
+    write_run(tmp_path / "accuracy", "tiny", [(1.0, "2-2-2", 0.9)], accuracy)
+    with pytest.raises(UserError, match=r"different metrics: accuracy \(higher is better\), loss \(lower is better\); report them separately"):
+        report_metric([load_job(tmp_path / name, name) for name in ("tiny", "accuracy")])
+
+
+def test_grid_figure_shows_a_loss_as_recorded_and_the_lowest_darkest(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    loss = {"metric": {"name": "loss", "higher_is_better": False}, "full": {"width": 1.0, "depth": "2-2-2"}, "baseline": None}
+    write_run(tmp_path / "tiny", "tiny", [(1.0, "1-1-1", 0.625), (1.0, "2-2-2", 0.4)], loss)
+    job = load_job(tmp_path / "tiny", "tiny")
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *args, **kwargs: figures.append(fig))
+    assert plot_grids([job], {job.run_dir: "tiny"}, None, tmp_path / "grids.png", job.metric)
+    (ax, *_), = [fig.axes for fig in figures]
+    cells = {text.get_text().split("\n")[0]: text.get_color() for text in ax.texts}
+    assert set(cells) == {"0.625", "0.4"}  # not scaled as a percentage
+    (image,) = ax.images
+    assert image.cmap(image.norm(0.4))[2] > 0.4 and image.norm(0.4) < image.norm(0.625)
+    assert image.cmap.name.endswith("_r")  # reversed: the lower loss gets the darker blue
 
 
 def grid_job(cells: list[tuple[float, str, float]], meta) -> Job:
@@ -214,16 +232,26 @@ def grid_job(cells: list[tuple[float, str, float]], meta) -> Job:
     return Job("0", Path("run"), [], {}, None, grid, meta, None, "complete", "")
 
 
-def test_the_full_model_is_the_one_grid_json_names_else_the_widest_and_deepest():
+def test_the_full_model_is_the_one_grid_json_names():
     # Seven stages of unequal depth (MobileNetV2): no blocks_per_stage to guess from.
     mbv2 = [(0.25, "1-1-1-1-1-1-1", 0.3), (0.25, "1-2-3-4-3-3-1", 0.5), (1.0, "1-1-1-1-1-1-1", 0.6), (1.0, "1-2-3-4-3-3-1", 0.9)]
-    assert grid_job(mbv2, None).full_value == 0.9
-    assert grid_job(mbv2, {"full": {"width": 0.25, "depth": "1-2-3-4-3-3-1"}}).full_value == 0.5
-    assert grid_job(mbv2, {"full": {"width": 0.5, "depth": "1-2-3-4-3-3-1"}}).full_value is None  # not in the pool
-    # Without width 1 in the grid, its widest width at its deepest depth stands in for the full model.
-    narrow = [(0.25, "2-2-2", 0.4), (0.5, "1-1-1", 0.5), (0.5, "1-2-2", 0.6), (0.5, "2-2-2", 0.7)]
-    assert grid_job(narrow, {}).full_value == 0.7
-    assert grid_job(narrow[:2], {}).full_value is None and grid_job([], None).full_value is None
+    accuracy = {"name": "accuracy", "higher_is_better": True, "lower": 0.0, "upper": 1.0}
+    full = grid_job(mbv2, {"metric": accuracy, "full": {"width": 1.0, "depth": "1-2-3-4-3-3-1"}})
+    assert full.full_value == 0.9 and full.full_depth == "1-2-3-4-3-3-1"
+    narrow = grid_job(mbv2, {"metric": accuracy, "full": {"width": 0.25, "depth": "1-2-3-4-3-3-1"}})
+    assert narrow.full_value == 0.5 and narrow.full_depth == "1-2-3-4-3-3-1"
+    assert grid_job(mbv2, {"metric": accuracy, "full": {"width": 0.5, "depth": "1-2-3-4-3-3-1"}}).full_value is None  # not in the pool
+    assert grid_job([], None).full_value is None and grid_job([], None).full_depth is None
+
+
+def test_a_job_whose_grid_has_no_grid_json_has_no_grid(tmp_path):
+    """grid.csv without its grid.json (a grid still being written) reads as no grid yet."""
+    loss = {"metric": {"name": "loss", "higher_is_better": False}, "full": {"width": 1.0, "depth": "2-2-2"}}
+    write_run(tmp_path / "run", "tiny", [(1.0, "2-2-2", 0.4)], loss)
+    assert load_job(tmp_path / "run", "run").full_value == 0.4
+    (tmp_path / "run" / "grid.json").unlink()
+    job = load_job(tmp_path / "run", "run")
+    assert job.grid is None and job.full_value is None and job.status == "incomplete"
 
 
 def test_read_json_is_none_for_missing_and_half_written_files(tmp_path):

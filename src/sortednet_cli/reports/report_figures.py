@@ -164,7 +164,7 @@ def plot_grids(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Job]
     top = [fig.add_subplot(grid_spec[0, i]) for i in range(len(with_grid))]
     for ax, job in zip(top, with_grid):
         rows = _relative_to(job.grid, base, metric) if base is not None else job.grid
-        image = draw_heatmap(ax, rows, vmin=low, vmax=high, key=metric.name)
+        image = draw_heatmap(ax, rows, vmin=low, vmax=high, key=metric.name, scale=scale, higher_is_better=metric.higher_is_better)
         ax.set_title(_wrapped(labels[job.run_dir] + (" (baseline)" if job is baseline else "")), fontsize=9)
     fig.colorbar(image, ax=top, label=unit, shrink=0.9)
     if compared:
