@@ -16,6 +16,7 @@ from sortednet_cli.engine.eval_grid import load_trained
 from sortednet_cli.engine.train import train
 from sortednet_cli.sorted.pool import pool_from_config
 from sortednet_cli.errors import UserError
+from sortednet_cli.jsonfiles import write_json
 from sortednet_cli.models.preresnet import cpreresnet
 from sortednet_cli.reports.grid_report import grid_columns
 from sortednet_cli.sorted.prefix_eval import preserved_buffers, recalibrate
@@ -218,6 +219,24 @@ def test_export_selected_writes_one_file_per_selected_sub_model(trained, tmp_pat
     assert len(list((tmp_path / "ex").glob("w*_d*.pt"))) == len(selected) > 0
 
 
+def test_select_on_a_lower_is_better_grid_uses_the_baseline_grid_json_records(tmp_path, capsys):
+    """A loss grid's bar is a ceiling: baseline / min_relative, with the baseline grid.json
+    records (the relative column holds baseline / value, which is not value / baseline)."""
+    metric = {"name": "loss", "higher_is_better": False, "lower": 0.0, "upper": None}
+    cells = [(0.5, "1-1-1", 1.0, 1.0), (0.5, "2-2-2", 2.0, 0.7), (1.0, "1-1-1", 3.0, 0.6), (1.0, "2-2-2", 4.0, 0.5)]
+    with open(tmp_path / "grid.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, grid_columns("loss"))
+        writer.writeheader()
+        writer.writerows({"width": w, "depth": d, "params": int(c * 1000), "mflops": c, "loss": v, "relative": 0.5 / v,
+                          "latency_ms_bs1": "", "latency_ms_bs256": ""} for w, d, c, v in cells)
+    write_json(tmp_path / "grid.json", {"metric": metric, "baseline": {"loss": 0.5, "source": "given number"}, "full": {"width": 1.0, "depth": "2-2-2"}})
+    code, _, err = run_cli(["select", f"grid={tmp_path}", "select.min_relative=0.8", f"hydra.run.dir={tmp_path / 'sel'}"], capsys)
+    assert code == 0, err
+    selected = json.loads((tmp_path / "sel" / "selected.json").read_text())
+    assert selected["bar"]["loss"] == pytest.approx(0.5 / 0.8) and selected["bar"]["baseline"] == 0.5
+    assert [(r["width"], r["depth"]) for r in selected["selected"]] == [(1.0, "1-1-1"), (1.0, "2-2-2")]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -232,12 +251,16 @@ def test_export_selected_writes_one_file_per_selected_sub_model(trained, tmp_pat
         (["export", "CKPT", "sub=selected", "sub.file=/nonexistent.json"], "no selection at /nonexistent.json"),
         (["select", "grid=/nonexistent"], "no grid at /nonexistent"),
         (["select", "grid=BADGRID"], "is not a grid: missing columns"),
+        (["select", "grid=LONEGRID"], "lone.csv has no complete lone.json beside it (eval-grid writes both, with metric, baseline, full)"),
     ],
 )
 def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
     bad_grid = tmp_path / "bad.csv"
     bad_grid.write_text("width,depth,accuracy\n1.0,2-2-2,0.5\n")
-    args = [a.replace("CKPT", f"checkpoint={trained}").replace("BADGRID", str(bad_grid)) for a in args]
+    write_json(tmp_path / "bad.json", {"metric": ACCURACY.to_dict(), "baseline": {"accuracy": 0.5}, "full": {"width": 1.0, "depth": "2-2-2"}})
+    lone_grid = tmp_path / "lone.csv"
+    lone_grid.write_text(",".join(grid_columns("accuracy")) + "\n1.0,2-2-2,10,1.0,0.5,1.0,1.0,1.0\n")
+    args = [a.replace("CKPT", f"checkpoint={trained}").replace("BADGRID", str(bad_grid)).replace("LONEGRID", str(lone_grid)) for a in args]
     code, _, err = run_cli([*args, "data=fake", *FAST_EVAL, f"hydra.run.dir={tmp_path / 'run'}"] if args[0] != "select" else [*args, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err

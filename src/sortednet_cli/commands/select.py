@@ -21,12 +21,8 @@ def main(cfg: DictConfig) -> None:
         location = newest_grid()
         console.print(f"grid not given: using the newest, {location}", highlight=False)
     rows, meta, path, metric = read_grid(str(location))
-    baseline = (meta or {}).get("baseline", {}).get(metric.name)
+    baseline = meta["baseline"].get(metric.name)
     if baseline is None:
-        # Without grid.json (an accuracy grid), the relative column still holds accuracy / baseline.
-        ratios = [r[metric.name] / r["relative"] for r in rows if r.get("relative")]
-        if not ratios:
-            raise UserError(f"{path} has no relative column values and no grid.json beside it: the baseline is unknown")
-        baseline = ratios[0]
+        raise UserError(f"{path.with_suffix('.json')} records no {metric.name} baseline")
     title = f"selection from {path}"
     select_and_report(rows, metric, baseline, cfg.select, title, Path(HydraConfig.get().runtime.output_dir), console)

@@ -20,9 +20,11 @@ from omegaconf import OmegaConf
 from ..errors import UserError
 from ..reports.grid_report import read_grid
 from ..reports.loggers import METRICS_FILE
-from ..sorted.submodel import depth_order_key, parse_depth
 from ..tasks.base import Metric
 from ..jsonfiles import read_json
+
+# The column names of a report none of whose jobs has a grid yet: image classification's.
+NO_GRID_METRIC = Metric("accuracy", True, 0.0, 1.0)
 
 # Hydra's file log format is "[time][logger][LEVEL] - message".
 LOGGED_ERROR = re.compile(r"\]\[(?:ERROR|CRITICAL)\] - (.*)")
@@ -50,29 +52,25 @@ class Job:
 
     @property
     def metric(self) -> Metric:
-        return Metric.from_dict((self.grid_meta or {}).get("metric"))
+        """The metric of the job's grid (a job has a grid only with its grid.json: read_grid)."""
+        return Metric.from_dict(self.grid_meta["metric"]) if self.grid_meta else NO_GRID_METRIC
 
     @property
     def full_value(self) -> Optional[float]:
-        """The metric of the checkpoint's full model, as grid.json names it ("full"); for grids
-        from before it did, the grid's widest width at its deepest depth (most blocks). None when
-        the grid lacks that sub-model (some pools leave it out)."""
+        """The metric of the checkpoint's full model, as grid.json names it ("full"). None without
+        a grid, or when the grid lacks that sub-model (some pools leave it out)."""
         if not self.grid:
             return None
-        full = (self.grid_meta or {}).get("full")
-        width = float(full["width"]) if full else max(row["width"] for row in self.grid)
+        full = self.grid_meta["full"]
         for row in self.grid:
-            if row["width"] == width and row["depth"] == self.full_depth:
+            if row["width"] == float(full["width"]) and row["depth"] == full["depth"]:
                 return row[self.metric.name]
         return None
 
     @property
     def full_depth(self) -> Optional[str]:
-        """The full model's depth: grid.json's "full", else the grid's deepest setting."""
-        if not self.grid:
-            return None
-        full = (self.grid_meta or {}).get("full")
-        return full["depth"] if full else max((row["depth"] for row in self.grid), key=lambda d: depth_order_key(parse_depth(d)))
+        """The full model's depth, as grid.json names it."""
+        return self.grid_meta["full"]["depth"] if self.grid else None
 
 
 # --- finding and reading jobs -------------------------------------------------------------------
@@ -193,7 +191,7 @@ def report_metric(jobs: list[Job]) -> Metric:
     if len(metrics) > 1:
         names = ", ".join(sorted(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)" for m in metrics))
         raise UserError(f"the jobs' grids measure different metrics: {names}; report them separately")
-    return metrics.pop() if metrics else Metric.from_dict(None)
+    return metrics.pop() if metrics else NO_GRID_METRIC
 
 
 def find_baseline(jobs: list[Job]) -> tuple[Optional[Job], str]:

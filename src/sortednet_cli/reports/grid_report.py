@@ -36,9 +36,12 @@ def _number(column: str, text: str):
     return int(text) if column == "params" else float(text)
 
 
-def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path, Metric]:
-    """Rows of a grid.csv (or of the grid.csv in a directory), its grid.json when beside it, and
-    the metric the grid measures (from grid.json; older grids are accuracy grids)."""
+GRID_RECORD = ("metric", "baseline", "full")  # what every grid.json holds beside its rows
+
+
+def read_grid(location: str) -> tuple[list[dict], dict, Path, Metric]:
+    """Rows of a grid.csv (or of the grid.csv in a directory), the grid.json beside it (the
+    metric, the baseline and the full model the grid was evaluated with) and its metric."""
     path = Path(location).expanduser()
     if path.is_dir():
         path = path / "grid.csv"
@@ -46,8 +49,10 @@ def read_grid(location: str) -> tuple[list[dict], Optional[dict], Path, Metric]:
         raise UserError(f"no grid at {path}")
     meta_path = path.with_suffix(".json")
     meta = read_json(meta_path)
-    metric = Metric.from_dict((meta or {}).get("metric"))
-    columns = grid_columns(metric.name, (meta or {}).get("extra_columns", ()))
+    if not isinstance(meta, dict) or any(key not in meta for key in GRID_RECORD):
+        raise UserError(f"{path} has no complete {meta_path.name} beside it (eval-grid writes both, with {', '.join(GRID_RECORD)})")
+    metric = Metric.from_dict(meta["metric"])
+    columns = grid_columns(metric.name, meta.get("extra_columns", ()))
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]

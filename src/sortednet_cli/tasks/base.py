@@ -76,10 +76,8 @@ class Metric:
         return {"name": self.name, "higher_is_better": self.higher_is_better, "lower": finite(self.lower), "upper": finite(self.upper)}
 
     @classmethod
-    def from_dict(cls, data: Optional[dict]) -> "Metric":
-        """A grid.json's metric; grids written before metrics were named are accuracy grids."""
-        if not data:
-            return cls("accuracy", True, 0.0, 1.0)
+    def from_dict(cls, data: dict) -> "Metric":
+        """A grid.json's metric (what `to_dict` wrote)."""
         lower, upper = data.get("lower"), data.get("upper")
         return cls(data["name"], data["higher_is_better"], -math.inf if lower is None else lower, math.inf if upper is None else upper)
 
