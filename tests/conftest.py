@@ -94,8 +94,9 @@ def compose_config(config_name: str, overrides: list[str] = ()):
 
 
 def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
-    """Run `sortednet ARGS` in this process; returns (exit code, stdout, stderr)."""
-    saved_argv = sys.argv[:]
+    """Run `sortednet ARGS` in this process; returns (exit code, stdout, stderr). Every run also
+    checks that cli.main gave back the command line and environment it set for Hydra."""
+    process_state = (sys.argv[:], os.environ.get("HYDRA_FULL_ERROR"))
     GlobalHydra.instance().clear()
     code = 0
     try:
@@ -103,8 +104,8 @@ def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
-        sys.argv = saved_argv
         GlobalHydra.instance().clear()
+    assert (sys.argv, os.environ.get("HYDRA_FULL_ERROR")) == process_state, "cli.main left sys.argv or HYDRA_FULL_ERROR changed"
     out, err = capsys.readouterr() if capsys else ("", "")
     return code, out, err
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -153,6 +154,32 @@ def test_a_negative_thread_count_is_one_line_for_every_command(tmp_path, capsys,
     code, _, err = run_cli([command, "threads=-1", f"hydra.run.dir={tmp_path}"], capsys)
     assert code == 2 and err.strip().splitlines() == ["sortednet: error: threads must be >= 0 (0 = torch's default), got -1"]
     assert not {"generation.json", "decode.json", "bench.json"} & {p.name for p in tmp_path.iterdir()}
+
+
+def test_omegaconfs_empty_group_assertion_is_one_line_and_any_other_assertion_is_raised(tmp_path, capsys, monkeypatch):
+    """An override under a group with no option chosen trips OmegaConf's assertion: one line.
+    An AssertionError of anything else is a bug and keeps its traceback. Either way cli.main
+    gives back the sys.argv and HYDRA_FULL_ERROR it set for Hydra."""
+    code, out, err = run_cli(["eval-grid", "checkpoint=/nonexistent", "pool.widths=[1.0]", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and out == "" and err.startswith("sortednet: error: an override sets a key under a config group with no option chosen")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+    from sortednet_cli import cli
+    from sortednet_cli.commands import describe
+
+    seen = {}
+
+    def app():
+        seen.update(argv=sys.argv[:], full_error=os.environ.get("HYDRA_FULL_ERROR"))
+        raise AssertionError("a bug of ours")
+
+    monkeypatch.setattr(describe, "main", app)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    argv = sys.argv[:]
+    with pytest.raises(AssertionError, match="a bug of ours"):
+        cli.main(["describe", "pool=160,full"])
+    assert seen == {"argv": ["sortednet describe", "pool='160',full"], "full_error": "1"}
+    assert sys.argv == argv and "HYDRA_FULL_ERROR" not in os.environ
 
 
 def test_resume_from_something_that_is_not_a_checkpoint(tmp_path, capsys):

@@ -48,6 +48,31 @@ def gloo_works() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_gloo_available()
 
 
+def test_average_gradients_is_the_mean_of_the_ranks_gradients_in_every_memory_format(monkeypatch):
+    """The one all-reduce of a step, on two simulated ranks: every gradient (channels_last ones
+    too) becomes the mean of both ranks' (all_reduce stands in for the other rank's sum)."""
+    from sortednet_cli.engine import distributed
+    from sortednet_cli.engine.distributed import Distributed, average_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).to(memory_format=torch.channels_last)
+    model(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)).sum().backward()
+    model[2].bias.grad = None  # a parameter this step did not use
+    mine = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    other = {name: torch.randn_like(grad) for name, grad in mine.items()}
+    assert model[0].weight.grad.is_contiguous(memory_format=torch.channels_last)
+
+    def all_reduce(flat):
+        flat.add_(torch.cat([other[name].reshape(-1) for name in mine]))
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+    average_gradients(model, Distributed(rank=0, world_size=2))
+    for name, p in model.named_parameters():
+        if name in mine:
+            torch.testing.assert_close(p.grad, (mine[name] + other[name]) / 2, rtol=0, atol=1e-7, msg=name)
+    assert model[2].bias.grad is None
+
+
 @pytest.mark.skipif(not gloo_works(), reason="torch.distributed with gloo is not available here")
 def test_two_ranks_end_identical_and_match_one_process_on_the_global_batch(tmp_path):
     try:

@@ -8,6 +8,7 @@ stderr and exit code 2; set SORTEDNET_TRACEBACK=1 to see the traceback instead.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib
 import logging
@@ -15,7 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,6 +48,10 @@ CONFIG_PACKAGE = "pkg://sortednet_cli.conf"
 CHECKPOINT_COMMANDS = ("eval-grid", "export")
 # conf/hydra/launcher/<ours>.yaml build on these plugins' configs: the extra that installs each.
 LAUNCHER_EXTRAS = {"submitit_slurm": "slurm", "joblib": "joblib"}
+# OmegaConf.update asserts, with this message (an AssertionError, not an OmegaConf error), when
+# Hydra applies an override such as `pool.widths=[1.0]` under a config group with no option
+# chosen (eval-grid's pool is null): the node it would set a key in is None.
+EMPTY_GROUP_ASSERTION = "Unexpected type for root: NoneType"
 NOISE = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR")
 
 
@@ -178,6 +183,25 @@ def with_install_hint(message: str) -> str:
     return message
 
 
+@contextlib.contextmanager
+def hydra_process_state(argv: list[str]) -> Iterator[None]:
+    """What a Hydra app reads from the process, set for one call and restored after: its command
+    line (`hydra.main` parses sys.argv; there is no argument for it), and HYDRA_FULL_ERROR=1, with
+    which Hydra re-raises a composition error for main() to print as one line, instead of
+    printing its own multi-line report and exiting."""
+    saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_full_error
+
+
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: sortednet <command> [hydra overrides] [-m] [--cfg job] [--help]", "", "commands:"]
@@ -203,11 +227,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         args = checkpoint_data_overrides(args)
     if command == "train":
         args = resume_overrides(args)
-    sys.argv = [f"sortednet {command}", *args, *secondary_rank_overrides()]
-    # Let composition errors reach us instead of Hydra's multi-line report.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        app()
+        with hydra_process_state([f"sortednet {command}", *args, *secondary_rank_overrides()]):
+            app()
     except (HydraException, OmegaConfBaseException) as exc:
         if os.environ.get("SORTEDNET_TRACEBACK"):
             raise
@@ -217,16 +239,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         fail(str(exc))
     except AssertionError as exc:
-        # OmegaConf asserts when a key is set under a group left empty (eval-grid's pool).
-        if os.environ.get("SORTEDNET_TRACEBACK") or not _raised_in_omegaconf(exc):
+        if os.environ.get("SORTEDNET_TRACEBACK") or not str(exc).startswith(EMPTY_GROUP_ASSERTION):
             raise
         fail("an override sets a key under a config group with no option chosen; choose one first, e.g. pool=160 pool.widths=[0.5,1.0]")
     finally:
         release_all()  # the command's run directory (a one-line failure skips Hydra's end callbacks)
-
-
-def _raised_in_omegaconf(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("omegaconf")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..errors import UserError
 
@@ -71,11 +70,11 @@ def average_gradients(model: nn.Module, info: Distributed) -> None:
     if not info.enabled:
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = _flatten_dense_tensors(grads)
+    flat = torch.cat([grad.reshape(-1) for grad in grads])  # each in logical order, whatever its memory format
     dist.all_reduce(flat)
     flat /= info.world_size
-    for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        grad.copy_(reduced)
+    for grad, reduced in zip(grads, flat.split([grad.numel() for grad in grads])):
+        grad.copy_(reduced.view(grad.shape))
 
 
 def average_tensor(values: torch.Tensor, info: Distributed) -> torch.Tensor:
