@@ -8,7 +8,7 @@ from rich.table import Table
 
 from ..cli import hydra_command
 from ..decode.bench import bench_decode, plot_decode
-from ..engine.decoding import open_decoder
+from ..engine.eval_grid import open_decoder
 from ..jsonfiles import write_json
 from ..reports.console import make_console
 from ..tasks import build_task

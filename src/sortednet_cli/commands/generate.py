@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from ..cli import hydra_command
 from ..decode import ExitDecoder, teacher_forced_agreement
-from ..engine.decoding import open_decoder
+from ..engine.eval_grid import open_decoder
 from ..errors import UserError
 from ..jsonfiles import write_json
 from ..reports.console import make_console

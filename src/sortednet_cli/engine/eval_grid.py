@@ -29,7 +29,7 @@ from .latency import latency_ms_per_example
 from .overrides import override_keys
 from ..jsonfiles import read_json, write_json
 from .runs import newest_train_run
-from .runtime import select_device
+from .runtime import select_device, set_threads
 
 LATENCY_BATCH_SIZES = (1, 256)
 BASELINE_CACHE = "baseline.json"
@@ -63,6 +63,15 @@ def open_trained_run(location: Optional[str], device_name: str, console: Console
         location = newest_train_run()
         console.print(f"checkpoint not given: using the newest train run, {location}", highlight=False)
     return load_trained(location, select_device(device_name))
+
+
+def open_decoder(location: Optional[str], device_name: str, threads: int, console: Console):
+    """generate's and bench-decode's checkpoint: a trained decoder with its tokenizer (a
+    decode.run.DecoderRun; imported here, so that the CNN commands load no tokenizer code)."""
+    from ..decode.run import decoder_run
+
+    set_threads(threads, "threads")
+    return decoder_run(open_trained_run(location, device_name, console))
 
 
 def data_config_for(run: TrainedRun, cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

@@ -1,24 +1,21 @@
-"""What generate and bench-decode share: a decoder checkpoint opened with its tokenizer, and
-prompts checked against that tokenizer."""
+"""What generate and bench-decode share: a trained decoder with its tokenizer, and prompts
+encoded and checked against that tokenizer (engine.eval_grid.open_decoder opens one)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
+from typing import Any, Optional
 
 from ..errors import UserError
 from ..models import FAMILIES, family_of
 from ..models.transformer import SortedDecoder
 from ..tasks.text.instructions import prompt_ids
 from ..tasks.text.tokenizers import tokenizer_from_state, tokenizer_kind, unknown_characters
-from .eval_grid import TrainedRun, open_trained_run
-from .runtime import set_threads
 
 
 @dataclass
 class DecoderRun:
-    run: TrainedRun
+    run: Any  # the engine's TrainedRun (cfg, model, path, device, task_state)
     model: SortedDecoder
     tokenizer: object
 
@@ -60,10 +57,9 @@ class DecoderRun:
         return self.tokenizer.decode(ids)
 
 
-def open_decoder(location: Optional[str], device_name: str, threads: int, console) -> DecoderRun:
-    """A train checkpoint of the decoder family, in eval mode, float32, with its tokenizer."""
-    set_threads(threads, "threads")
-    run = open_trained_run(location, device_name, console)
+def decoder_run(run: Any) -> DecoderRun:
+    """A trained run (the engine's TrainedRun) of a family that decodes, in eval mode, float32,
+    with its saved tokenizer."""
     if not family_of(run.model).decodes:
         raise UserError(f"{run.path} holds a model={run.cfg.model.name} model, which does not decode; generate and bench-decode "
                         f"need one that does ({', '.join(n for n in FAMILIES.names() if FAMILIES.get(n).decodes)})")
