@@ -16,7 +16,7 @@ GROUPS = {
     "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny",
              "enc_depth", "enc_grid", "enc_tiny", "exits", "exits_grid", "exits_tiny"],
     "sampler": ["uniform", "sandwich", "weighted", "width_major", "full"],
-    "data": ["cifar10", "fake", "glue", "text", "instructions"],
+    "data": ["cifar10", "cifar100", "fake", "glue", "text", "instructions"],
     "optim": ["sgd", "adamw"],
     "sched": ["cosine", "cosine_steps"],
     "trainer": ["default", "transformer", "decoder"],

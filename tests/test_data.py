@@ -108,3 +108,45 @@ def test_real_cifar10_loads_without_md5_check(cifar10_root):
     assert s.train.images.shape == (49000, 3, 32, 32) and s.train.images.dtype == torch.uint8
     assert s.train.labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert len(s.eval) == 1000
+
+
+def write_tiny_cifar100(root, train=120, test=40):
+    """cifar-100-python as torchvision reads it (pickled dicts of uint8 rows and fine labels)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", train), ("test", test)):
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": [i % 100 for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{i}" for i in range(100)]}))
+    return root
+
+
+def test_cifar100_is_read_by_torchvision_and_gives_the_model_100_classes(tmp_path):
+    from sortednet_cli.models import build_model
+    from sortednet_cli.tasks import build_task
+
+    cfg = compose_config("train", ["data=cifar100", f"data.root={write_tiny_cifar100(tmp_path)}", "data.verify=false"])
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=False)
+    assert (len(task.train), len(task.eval), task.eval_name) == (120, 40, "test")
+    assert task.train.labels[:3].tolist() == [0, 1, 2]
+    fields = task.model_fields()
+    assert fields["num_classes"] == 100
+    assert build_model(cfg.model, fields).classifier.out_channels == 100
+    x, _ = next(task.eval_batches(8))
+    assert x.shape == (8, 3, 32, 32)
+
+
+def test_cifar100_settings_are_checked(tmp_path):
+    from sortednet_cli.tasks import build_task
+
+    cfg = compose_config("train", ["data=cifar100", f"data.root={tmp_path}"])
+    with pytest.raises(UserError, match=f"CIFAR-100 not found: looked for {tmp_path}/cifar-100-python/ .*data.download=true"):
+        build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=False).train
+    wrong = compose_config("train", ["data=cifar100", "model.num_classes=10"])
+    with pytest.raises(UserError, match="data=cifar100 has 100 classes but model.num_classes=10; leave model.num_classes unset"):
+        build_task(wrong.data, wrong.model, torch.device("cpu"), channels_last=False)

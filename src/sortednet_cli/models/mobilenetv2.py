@@ -13,18 +13,18 @@ Depth: stage s runs its first d_s blocks, 1 <= d_s <= n_s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
 from ..sorted.submodel import scaled
 from .layers import Norm, SlicedConv2d, SlicedDepthwiseConv2d, make_norm
 from .registry import ModelFamily, register_family
-from .staged import StagedNetwork, image_bench
+from .staged import StagedNetwork, check_image_size, head_classes, image_bench
 
 # Per stage: (expansion t, output channels c, blocks n, stride of the first block s). Stage 2
 # keeps stride 1 (ImageNet's has 2), so a 32x32 input ends at 4x4.
@@ -94,7 +94,7 @@ class Head(nn.Module):
 class MobileNetV2Config:
     name: str = "mobilenetv2"
     norm: Norm = Norm["bn"]
-    num_classes: int = 10
+    num_classes: Optional[int] = None  # null: the data's class count
     gn_groups: int = 8
 
 
@@ -195,10 +195,9 @@ class MobileNetV2(StagedNetwork):
         return self.head
 
 
-def mobilenetv2_from_config(cfg) -> MobileNetV2:
-    if cfg.num_classes < 1:
-        raise UserError(f"model.num_classes must be >= 1 (got {cfg.num_classes})")
-    return MobileNetV2(norm=cfg.norm.value, num_classes=cfg.num_classes, gn_groups=cfg.gn_groups)
+def mobilenetv2_from_config(cfg, num_classes: Optional[int] = None, image_size: int = 32) -> MobileNetV2:
+    check_image_size(cfg.name, image_size, math.prod(CIFAR_STRIDES))
+    return MobileNetV2(norm=cfg.norm.value, num_classes=head_classes(cfg, num_classes), gn_groups=cfg.gn_groups)
 
 
 register_family(ModelFamily("mobilenetv2", MobileNetV2Config, mobilenetv2_from_config, {"mobilenetv2": MobileNetV2},

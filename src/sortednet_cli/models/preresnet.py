@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..sorted.submodel import scaled
 from .layers import Norm, SlicedConv2d, make_norm
 from .registry import ModelFamily, register_family
-from .staged import StagedNetwork, image_bench
+from .staged import StagedNetwork, check_image_size, head_classes, image_bench
 
 EXPANSION = 4
 FULL_STEM = 16
@@ -51,7 +51,7 @@ class CPreResNetConfig:
     name: str = "cpreresnet20"
     norm: Norm = Norm["bn"]
     blocks_per_stage: int = 2
-    num_classes: int = 10
+    num_classes: Optional[int] = None  # null: the data's class count
     gn_groups: int = 8
 
 
@@ -130,12 +130,11 @@ class PreResNet(StagedNetwork):
         return self.head_norm
 
 
-def cpreresnet_from_config(cfg) -> PreResNet:
+def cpreresnet_from_config(cfg, num_classes: Optional[int] = None, image_size: int = 32) -> PreResNet:
     if cfg.blocks_per_stage < 1:
         raise UserError(f"model.blocks_per_stage must be >= 1 (got {cfg.blocks_per_stage})")
-    if cfg.num_classes < 1:
-        raise UserError(f"model.num_classes must be >= 1 (got {cfg.num_classes})")
-    return cpreresnet(cfg.blocks_per_stage, cfg.norm.value, cfg.num_classes, cfg.gn_groups)
+    check_image_size(cfg.name, image_size, 4)  # stages 2 and 3 halve the map
+    return cpreresnet(cfg.blocks_per_stage, cfg.norm.value, head_classes(cfg, num_classes), cfg.gn_groups)
 
 
 def cpreresnet(blocks_per_stage: int, norm: str, num_classes: int, gn_groups: int) -> PreResNet:

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..sorted.submodel import SubModel
 from .layers import SlicedBatchNorm2d
 from .registry import build_from_arch
@@ -53,6 +54,24 @@ class StagedNetwork(nn.Module):
             for name, tensor in small.state_dict().items()
         })
         return small.to(next(self.parameters()).device)
+
+
+def head_classes(cfg, num_classes: Optional[int] = None) -> int:
+    """The class count of an image family's head: the task's (`num_classes`, from
+    `task.model_fields()`: the data decides), else `model.num_classes`, else 10. Every image
+    family's build takes `num_classes` this way."""
+    count = num_classes if num_classes is not None else cfg.num_classes if cfg.num_classes is not None else 10
+    if count < 1:
+        raise UserError(f"model.num_classes must be >= 1 (got {count})")
+    return int(count)
+
+
+def check_image_size(family: str, image_size: int, stride: int) -> None:
+    """An image family takes images at least as large as its total stride: below it, the last
+    stages would see zero padding only. (`image_size` is the task's, from `task.model_fields()`.)"""
+    if image_size < stride:
+        raise UserError(f"data.image_size={image_size} is too small for model={family}: it downsamples by {stride}, "
+                        f"so it takes images of at least {stride}x{stride} pixels")
 
 
 def image_bench(cfg, device, console) -> dict:

@@ -27,8 +27,8 @@ from ...sorted.pool import build_pool, pool_from_config
 from ...sorted.prefix_eval import METHODS
 from ...sorted.sampler import Sampler
 from ...sorted.update import plain_loss, sorted_update
-from .data import CIFAR10_MEAN, CIFAR10_STD, ImageSet, Normalizer, TrainBatches, eval_batches, load_splits
-from .task import AccuracyMeter
+from .data import CIFAR, CIFAR10_MEAN, CIFAR10_STD, ImageSet, Normalizer, TrainBatches, eval_batches, load_splits
+from .task import AccuracyMeter, ImageClassification
 
 QUICK = {"rounds": 5, "steps": 6, "eval_images": 64, "calib_images": 64, "grid_rounds": 3}
 
@@ -194,15 +194,18 @@ def alternate(sides: dict[str, Callable[[], None]], rounds: int, device: torch.d
 
 def run_bench(cfg, device: torch.device, console) -> dict:
     s = settings(cfg)
-    splits = load_splits(cfg.data, cfg.model.num_classes)
+    if cfg.data.name not in (*CIFAR, "fake"):
+        raise UserError(f"sortednet bench reads data=fake, {', '.join(CIFAR)} (not data={cfg.data.name})")
+    fields = ImageClassification(cfg.data, cfg.model, torch.device("cpu"), False).model_fields()
+    splits = load_splits(cfg.data, fields["num_classes"])
     torch.manual_seed(cfg.seed)
-    template = build_model(cfg.model)
+    template = build_model(cfg.model, fields)
     limits = template.depth_limits
     pool160 = pool_from_config(cfg.pool, limits)
     full_pool = build_pool("full", [1.0], ["max"], limits)
 
     def fresh_model() -> nn.Module:
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, fields)
         model.load_state_dict(template.state_dict())
         return model.to(device)
 

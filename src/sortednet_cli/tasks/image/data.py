@@ -49,31 +49,55 @@ class Splits:
     eval_name: str
 
 
-def _cifar10_dataset_class():
+@dataclass(frozen=True)
+class CifarSet:
+    """One of torchvision's CIFAR readers, with what its folder must hold."""
+
+    title: str  # for messages: "CIFAR-10"
+    reader: str  # the torchvision.datasets class
+    folder: str
+    files: tuple[str, ...]
+    classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+CIFAR = {
+    "cifar10": CifarSet("CIFAR-10", "CIFAR10", CIFAR10_FOLDER, tuple(CIFAR10_FILES), 10, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": CifarSet("CIFAR-100", "CIFAR100", "cifar-100-python", ("train", "test", "meta"), 100,
+                         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _cifar_dataset_class(which: CifarSet):
     import torchvision
 
-    class CIFAR10Unverified(torchvision.datasets.CIFAR10):
-        """torchvision's reader without the md5 check (for rebuilt copies of the data)."""
+    verified = getattr(torchvision.datasets, which.reader)
+
+    class Unverified(verified):
+        """torchvision's reader without the md5 checks (for rebuilt copies of the data)."""
+
+        meta = {**verified.meta, "md5": None}  # torchvision then only asks that the file exists
 
         def _check_integrity(self) -> bool:
             return True
 
-    return torchvision.datasets.CIFAR10, CIFAR10Unverified
+    return verified, Unverified
 
 
-def _read_cifar10(root: str, train: bool, download: bool, verify: bool) -> ImageSet:
-    verified, unverified = _cifar10_dataset_class()
-    folder = Path(root).expanduser().resolve() / CIFAR10_FOLDER
+def _read_cifar(which: CifarSet, root: str, train: bool, download: bool, verify: bool) -> ImageSet:
+    verified, unverified = _cifar_dataset_class(which)
+    folder = Path(root).expanduser().resolve() / which.folder
     if download:
         try:
             verified(root, train=train, download=True)
         except Exception as exc:  # network errors come in many types
-            raise UserError(f"downloading CIFAR-10 into {folder.parent} failed: {exc}") from None
-    missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
+            raise UserError(f"downloading {which.title} into {folder.parent} failed: {exc}") from None
+    missing = [name for name in which.files if not (folder / name).is_file()]
     if missing:
         raise UserError(
-            f"CIFAR-10 not found: looked for {folder}/ ({', '.join(missing)} missing); "
-            "set data.root to the folder that holds cifar-10-batches-py (or SORTEDNET_DATA), "
+            f"{which.title} not found: looked for {folder}/ ({', '.join(missing)} missing); "
+            f"set data.root to the folder that holds {which.folder} (or SORTEDNET_DATA), "
             "or pass data.download=true"
         )
     try:
@@ -81,12 +105,12 @@ def _read_cifar10(root: str, train: bool, download: bool, verify: bool) -> Image
     except RuntimeError as exc:
         if "corrupted" in str(exc):
             raise UserError(
-                f"CIFAR-10 under {folder} fails torchvision's md5 check; if it is a rebuilt copy "
+                f"{which.title} under {folder} fails torchvision's md5 check; if it is a rebuilt copy "
                 "(such as ../shared/data/cifar10), pass data.verify=false"
             ) from None
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError) as exc:
-        raise UserError(f"CIFAR-10 under {folder} could not be read ({exc}); re-download it") from None
+        raise UserError(f"{which.title} under {folder} could not be read ({exc}); re-download it") from None
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.int64))
 
@@ -114,10 +138,9 @@ def load_splits(cfg, num_classes: int) -> Splits:
         train = _fake_images(cfg.fake_train_size, num_classes, noise_seed=1)
         test = _fake_images(cfg.fake_test_size, num_classes, noise_seed=2)
     else:
-        if num_classes != 10:
-            raise UserError(f"data=cifar10 has 10 classes but model.num_classes={num_classes}")
-        train = _read_cifar10(cfg.root, True, cfg.download, cfg.verify)
-        test = _read_cifar10(cfg.root, False, False, cfg.verify)
+        which = CIFAR[cfg.name]
+        train = _read_cifar(which, cfg.root, True, cfg.download, cfg.verify)
+        test = _read_cifar(which, cfg.root, False, False, cfg.verify)
 
     if cfg.val_size >= len(train):
         raise UserError(f"data.val_size={cfg.val_size} leaves no training images (there are {len(train)})")
@@ -142,9 +165,9 @@ class Normalizer:
     """uint8 batch -> normalised float batch in one memory format: channels_last, or plain NCHW
     (whatever order the batch arrived in: the crop/flip gather yields channels_last order)."""
 
-    def __init__(self, device: torch.device, channels_last: bool):
-        self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.inv_std = 1.0 / (torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255)
+    def __init__(self, device: torch.device, channels_last: bool, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -210,11 +233,15 @@ class TrainBatches:
         picks = self._epoch_order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         if not self.augment:
             picks = picks[shard]
-            return self.normalize(self.data.images[picks]), self.data.labels[picks]
+            return self.normalize(self._images(picks, epoch, index, shard)), self.data.labels[picks]
         gen = _batch_generator(self.seed, epoch, index, picks.device)
         offsets = [o[shard] for o in crop_flip_offsets(len(picks), gen, picks.device)]
         picks = picks[shard]
-        return self.normalize(crop_flip(self.data.images[picks], *offsets)), self.data.labels[picks]
+        return self.normalize(crop_flip(self._images(picks, epoch, index, shard), *offsets)), self.data.labels[picks]
+
+    def _images(self, picks: torch.Tensor, epoch: int, index: int, shard: slice) -> torch.Tensor:
+        """The uint8 images of `picks` (mini-batch `index` of `epoch`, this rank's shard)."""
+        return self.data.images[picks]
 
 
 def eval_batches(data: ImageSet, batch_size: int, normalize: Normalizer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,4 +1,5 @@
-"""Image classification (CIFAR-10 and synthetic CIFAR-shaped images): the first task."""
+"""Image classification (CIFAR-10, CIFAR-100 and synthetic CIFAR-shaped images): the first task;
+image folders (folder_task.py) build on it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from ..base import Batch, Metric
 from ...sorted.distill import kl_soft_loss
 from ..registry import TASKS
-from .data import Normalizer, TrainBatches, eval_batches, load_splits
+from ...errors import UserError
+from .data import CIFAR, Normalizer, TrainBatches, eval_batches, load_splits
 
 ACCURACY = Metric("accuracy", higher_is_better=True, lower=0.0, upper=1.0)
 IMAGE_SHAPE = (3, 32, 32)
@@ -40,6 +42,34 @@ class ImageDataConfig:
     fake_test_size: int = 512
 
 
+@dataclass
+class Cifar100Config:
+    name: str = "cifar100"
+    root: str = "data"
+    download: bool = False
+    verify: bool = True
+    train_subset: int = 0
+    test_subset: int = 0
+    val_size: int = 0
+    eval_split: EvalSplit = EvalSplit.test
+    augment: bool = True
+
+
+def model_classes(model_cfg) -> Optional[int]:
+    """The class count the model config asks for (null: whatever the data has)."""
+    return model_cfg.get("num_classes") if hasattr(model_cfg, "get") else getattr(model_cfg, "num_classes", None)
+
+
+def check_classes(data_name: str, count: int, model_cfg, where: str = "") -> int:
+    """The data's class count, which the model's head takes; a model.num_classes that says
+    otherwise is refused (a head of the wrong size would train without complaint)."""
+    asked = model_classes(model_cfg)
+    if asked is not None and asked != count:
+        raise UserError(f"data={data_name} has {count} classes{where} but model.num_classes={asked}; "
+                        "leave model.num_classes unset (null) and the data's count is used")
+    return count
+
+
 class AccuracyMeter:
     """Correct predictions counted on the device; read back once, at the end."""
 
@@ -56,6 +86,7 @@ class AccuracyMeter:
 
 
 @TASKS.register("cifar10", schema=ImageDataConfig)
+@TASKS.register("cifar100", schema=Cifar100Config)
 @TASKS.register("fake", schema=ImageDataConfig)
 class ImageClassification:
     """uint8 images kept whole on the training device, augmented a batch at a time, in the
@@ -68,10 +99,15 @@ class ImageClassification:
 
     def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
         self.cfg = data_cfg
-        self.num_classes = model_cfg.num_classes
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.normalize = Normalizer(device, channels_last)
+        if data_cfg.name in CIFAR:
+            which = CIFAR[data_cfg.name]
+            self.num_classes = check_classes(data_cfg.name, which.classes, model_cfg)
+            self.normalize = Normalizer(device, channels_last, which.mean, which.std)
+        else:  # fake: as many classes as the model asks for
+            self.num_classes = model_classes(model_cfg) or 10
+            self.normalize = Normalizer(device, channels_last)
 
     # The images are read on first use: describe and the FLOPs count need none.
     @functools.cached_property
@@ -98,7 +134,8 @@ class ImageClassification:
         return {}
 
     def model_fields(self) -> dict:
-        return {}
+        """The head's class count and the image size come from the data."""
+        return {"num_classes": self.num_classes, "image_size": IMAGE_SHAPE[-1]}
 
     def train_batches(self, batch_size: int, seed: int) -> TrainBatches:
         return TrainBatches(self.train, batch_size, seed, self.cfg.augment, self.normalize)
