@@ -12,8 +12,8 @@ import torch
 from conftest import REPO, TINY, compose_config, run_cli
 
 GROUPS = {
-    "model": ["cpreresnet20", "mobilenetv2", "encoder", "decoder", "bert", "roberta", "llama"],
-    "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny",
+    "model": ["cpreresnet20", "mobilenetv2", "resnet18", "resnet50", "encoder", "decoder", "bert", "roberta", "llama"],
+    "pool": ["160", "width_only", "depth_only", "full", "lcs7", "tiny", "mbv2", "mbv2_tiny", "resnet18", "resnet50", "resnet_tiny",
              "enc_depth", "enc_grid", "enc_tiny", "exits", "exits_grid", "exits_tiny"],
     "sampler": ["uniform", "sandwich", "weighted", "width_major", "full"],
     "data": ["cifar10", "cifar100", "fake", "glue", "text", "instructions"],

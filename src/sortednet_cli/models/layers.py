@@ -34,6 +34,14 @@ def pointwise_strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     return F.conv2d(x[:, :, :: stride[0], :: stride[1]], weight, bias)
 
 
+class SlicedLinear(nn.Linear):
+    """A linear layer on the first in_features of its input (a classifier after a sliced
+    feature vector); its outputs (the logits) are never cut."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[:, : x.shape[-1]], self.bias)
+
+
 class SlicedDepthwiseConv2d(nn.Conv2d):
     """A depthwise convolution (one k x k filter per channel, weight (C, 1, k, k)): on c input
     channels it runs the first c filters with groups=c."""

@@ -31,6 +31,11 @@ class StagedNetwork(nn.Module):
     def sub_arch(self, sub: SubModel) -> dict:
         return {**self.arch, **self.units(sub.width), "blocks": list(sub.depth)}
 
+    def standalone_arch(self, sub: SubModel) -> dict:
+        """The architecture `extract` builds: `sub_arch(sub)`, unless a family exports some
+        sub-models as another class (ResNet's full-width ones as torchvision's)."""
+        return self.sub_arch(sub)
+
     def block_module(self, stage: int, index: int) -> nn.Module:
         return self.stages[stage][index]
 
@@ -47,7 +52,7 @@ class StagedNetwork(nn.Module):
         """A network built at `sub`'s sizes holding copies of the leading slices of this one's
         tensors: every tensor of a sub-model is the origin-anchored slice of the same-named
         full tensor, so one rule covers every layer (and running statistics)."""
-        small = build_from_arch(self.sub_arch(sub))
+        small = build_from_arch(self.standalone_arch(sub))
         full_state = self.state_dict()
         small.load_state_dict({
             name: full_state[name][tuple(slice(0, n) for n in tensor.shape)].clone()
