@@ -139,19 +139,12 @@ def randomize_norms(model: torch.nn.Module, mean: float = 0.0, std: float = 1.0)
 
 @torch.no_grad()
 def prefix_tree_outputs(model, width: float, depths: list, calib_chunks: list, images: torch.Tensor) -> dict:
-    """One width's prefix-tree walk, each node's statistics calibrated on `calib_chunks`."""
-    from sortednet_cli.sorted.prefix_eval import _NodeStatistics, _PrefixTree, preserved_buffers
+    """One width's prefix-tree walk as shared evaluation runs it, each node's statistics
+    calibrated on `calib_chunks`; the model's own statistics are left as they were."""
+    from sortednet_cli.sorted.prefix_eval import calibrated_walk, preserved_buffers
 
-    tree = _PrefixTree(model, width, depths, _NodeStatistics(True, model.recalibrated_norms()))
     with preserved_buffers(model):
-        for m in model.recalibrated_norms():
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        for chunk in calib_chunks:
-            tree.walk(chunk, keep_stats=True)
-        model.eval()
-        return tree.walk(images, keep_stats=False)
+        return calibrated_walk(model, width, depths, calib_chunks)(images)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ network), export and bench."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import subprocess
@@ -92,3 +94,11 @@ def test_bench_runs_the_narrowest_width_on_avx2_kernels(model_name, tmp_path):
         "bench.rounds=1", "bench.steps=2", "bench.batch_size=64", "bench.workers=0",
         "bench.eval_images=32", "bench.calib_images=32", "bench.grid_rounds=1", f"hydra.run.dir={tmp_path}",
     ], tmp_path)
+    report = json.loads((tmp_path / "bench.json").read_text())
+    figures = {"train_speedup": report["train_speedup"], "grid_speedup": report["grid_speedup"],
+               "sorted_over_full_epoch": report["sorted_over_full_epoch"],
+               **{f"channels_last_speedup at {w}": v["channels_last_speedup"] for w, v in report["memory_format"].items()}}
+    assert set(report["memory_format"]) == {f"{width:g}"}  # the pool's one width is its widest and narrowest
+    assert len(figures) == 4 and all(math.isfinite(v) and v > 0 for v in figures.values()), figures
+    # shared and naive evaluation give the same grid on these kernels too
+    assert report["grid_same_accuracy"] is True

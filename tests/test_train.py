@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import signal
@@ -152,10 +153,32 @@ def test_wandb_logger_runs_offline(tmp_run, monkeypatch):
     assert list((tmp_run / "run" / "wandb").glob("offline-run-*"))
 
 
-def test_norm_variants_train(tmp_run):
-    for norm in ("in", "gn"):
-        result = run(tmp_run, "trainer.epochs=1", f"model.norm={norm}", name="run")
-        assert result.summary["final_loss"] > 0
+@pytest.mark.parametrize("norm", ["in", "gn"])
+def test_norm_variants_train_with_per_example_norms_and_nothing_to_recalibrate(tmp_run, norm):
+    """model.norm=in|gn puts that norm in every place BatchNorm was: the trained network holds no
+    running statistics (so evaluation recalibrates nothing) and, unlike BatchNorm, an example's
+    training-mode output does not depend on the rest of its batch."""
+    from sortednet_cli.models import build_model
+    from sortednet_cli.models.layers import SlicedBatchNorm2d, SlicedGroupNorm, SlicedInstanceNorm2d
+    from sortednet_cli.sorted.submodel import SubModel
+
+    result = run(tmp_run, "trainer.epochs=1", f"model.norm={norm}", name="run")
+    model = result.model
+    kind = {"in": SlicedInstanceNorm2d, "gn": SlicedGroupNorm}[norm]
+    bn_count = sum(isinstance(m, SlicedBatchNorm2d) for m in build_model(compose_config("train", TINY).model).modules())
+    assert sum(isinstance(m, kind) for m in model.modules()) == bn_count > 0
+    assert not any(isinstance(m, SlicedBatchNorm2d) for m in model.modules()) and model.recalibrated_norms() == []
+    assert not [k for k in model.state_dict() if "running" in k or "num_batches_tracked" in k]
+    assert math.isfinite(result.summary["final_loss"])
+    assert all(not torch.equal(m.weight, torch.ones_like(m.weight)) for m in model.modules() if isinstance(m, kind))  # trained from 1
+
+    x = torch.randn(4, 3, 32, 32)
+    sub = SubModel(0.5, (1, 2, 1))
+    model.train()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, sub)[:1], model(x[:1], sub), rtol=1e-4, atol=1e-5)
+        bn = build_model(compose_config("train", TINY).model).train()
+        assert not torch.allclose(bn(x, sub)[:1], bn(x[:1], sub), rtol=1e-3, atol=1e-3)
 
 
 def test_tiny_real_cifar10_run_beats_chance(tmp_run, cifar10_root):

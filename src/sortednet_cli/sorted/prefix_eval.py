@@ -148,6 +148,21 @@ def prefix_outputs(model: nn.Module, width: float, depths: list[tuple[int, ...]]
     return _PrefixTree(model, width, depths, _NodeStatistics(False, [])).walk(inputs, keep_stats=False)
 
 
+def calibrated_walk(model: nn.Module, width: float, depths: list[tuple[int, ...]], calib_inputs: Iterable[Any],
+                    recalibrate_bn: bool = True) -> Callable[[Any], dict[tuple[int, ...], torch.Tensor]]:
+    """One width's prefix tree with each node's statistics recalibrated on `calib_inputs` (with
+    `recalibrate_bn`): a function from inputs to the outputs of every depth setting, the model in
+    eval mode. Rewrites the running statistics: call it under `preserved_buffers`."""
+    tree = _PrefixTree(model, width, depths, _NodeStatistics(recalibrate_bn, model.recalibrated_norms()))
+    if recalibrate_bn:
+        _reset_statistics(model)
+        model.train()
+        for inputs in calib_inputs:
+            tree.walk(inputs, keep_stats=True)
+    model.eval()
+    return lambda inputs: tree.walk(inputs, keep_stats=False)
+
+
 @torch.no_grad()
 def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_batches: Batches, recalibrate_bn: bool, new_meter: NewMeter,
                     details: Optional[dict] = None) -> dict[SubModel, float]:
@@ -158,16 +173,10 @@ def evaluate_shared(model: nn.Module, pool: Pool, eval_batches: Batches, calib_b
     results = {}
     with preserved_buffers(model):
         for width, depths in by_width.items():
-            tree = _PrefixTree(model, width, depths, _NodeStatistics(recalibrate_bn, model.recalibrated_norms()))
-            if recalibrate_bn:
-                _reset_statistics(model)
-                model.train()
-                for inputs, _ in calib_batches():
-                    tree.walk(inputs, keep_stats=True)
-            model.eval()
+            walk = calibrated_walk(model, width, depths, (inputs for inputs, _ in calib_batches()), recalibrate_bn)
             meters = {depth: new_meter() for depth in depths}
             for inputs, targets in eval_batches():
-                for depth, out in tree.walk(inputs, keep_stats=False).items():
+                for depth, out in walk(inputs).items():
                     meters[depth].update(out, targets)
             for depth in depths:
                 results[SubModel(width, depth)] = meters[depth].value()
