@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO, run_cli
 from sortednet_cli import cli
-from sortednet_cli.engine.jobs import Job, load_job, report_metric
+from sortednet_cli.reports.jobs import Job, load_job, report_metric
 from sortednet_cli.jsonfiles import read_json, write_json
 from sortednet_cli.errors import UserError
 from sortednet_cli.plugins import register_configs

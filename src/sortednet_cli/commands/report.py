@@ -6,7 +6,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ..cli import hydra_command
-from ..engine.jobs import find_baseline, job_labels, load_job, read_metrics, report_metric, split_noise, summary_rows, sweep_command, sweep_job_dirs
+from ..reports.jobs import find_baseline, job_labels, load_job, read_metrics, report_metric, split_noise, summary_rows, sweep_command, sweep_job_dirs
 from ..engine.runs import newest_sweep
 from ..errors import UserError
 from ..reports.console import make_console

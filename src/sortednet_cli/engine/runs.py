@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from .checkpoint import CHECKPOINT_NAME
 
 
 def _newest(candidates: list[Path], missing: str) -> Path:
@@ -15,9 +16,6 @@ def _newest(candidates: list[Path], missing: str) -> Path:
 
 
 def newest_train_run(outputs: Path = Path("outputs")) -> Path:
-    # Imported here so that commands which never open a checkpoint (report, select) load without torch.
-    from .checkpoint import CHECKPOINT_NAME
-
     candidates = list(outputs.glob(f"train/*/{CHECKPOINT_NAME}")) + list(outputs.glob(f"multirun/train/*/*/{CHECKPOINT_NAME}"))
     missing = f"no train run with a {CHECKPOINT_NAME} under {outputs.resolve()}; pass checkpoint=<run dir or .pt>"
     return _newest(candidates, missing).parent

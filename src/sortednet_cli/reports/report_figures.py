@@ -14,7 +14,7 @@ from .grid_report import draw_heatmap, grid_matrix
 from .report_table import metric_text, shows_percent
 
 if TYPE_CHECKING:
-    from ..engine.jobs import Job
+    from .jobs import Job
     from ..tasks.base import Metric
 
 

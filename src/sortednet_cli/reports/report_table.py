@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from ..engine.jobs import Job
+    from .jobs import Job
     from ..tasks.base import Metric
 
 

@@ -18,8 +18,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from ..errors import UserError
-from ..reports.grid_report import read_grid
-from ..reports.loggers import METRICS_FILE
+from .grid_report import read_grid
+from .loggers import METRICS_FILE
 from ..tasks.base import Metric
 from ..jsonfiles import read_json
 
