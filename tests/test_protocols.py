@@ -13,6 +13,7 @@ from sortednet_cli.tasks import TASKS, Task, build_task
 
 from conftest import compose_config, tiny_text_overrides
 from test_data import write_tiny_cifar100
+from test_image_folder import write_tree
 
 FAMILY_NAMES = FAMILIES.names()
 
@@ -72,6 +73,8 @@ def test_every_task_keeps_the_protocol(data_name, request):
         overrides += [f"data.root={request.getfixturevalue('cifar10_root')}", "data.verify=false"]
     if data_name == "cifar100":
         overrides += [f"data.root={write_tiny_cifar100(request.getfixturevalue('tmp_path'))}", "data.verify=false"]
+    if data_name == "image_folder":
+        overrides += [f"data.root={write_tree(request.getfixturevalue('tmp_path') / 'images')}", "data.workers=0"]
     if data_name in ("glue", "text", "instructions"):  # text tasks need a model of their kind
         family = "bert" if data_name == "glue" else "llama"
         overrides = tiny_text_overrides(family, request.getfixturevalue("glue_root"), request.getfixturevalue("text_path")) + overrides

@@ -12,7 +12,8 @@ from ..cli import hydra_command
 from ..engine.eval_grid import open_trained_run, task_for
 from ..engine.evaluate import EvalData, recalibrates
 from ..models import family_of
-from ..engine.export import export_hf_dir, export_one, full_model_bytes, requested_submodels
+from ..engine.export import TASK_FILE, export_hf_dir, export_one, exported_task, full_model_bytes, requested_submodels
+from ..jsonfiles import write_json
 
 
 @hydra_command("export")
@@ -28,7 +29,10 @@ def main(cfg: DictConfig) -> None:
     task = task_for(run, cfg, hydra_cfg.overrides.task) if recalibrate_bn or auto_class else None
     calib_batches = EvalData.from_task(task, cfg.eval).calib_batches if recalibrate_bn else None
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    rows = [export_one(model, sub, calib_batches, recalibrate_bn, path, out_dir) for sub in subs]
+    task_info = exported_task(run.task_state)
+    rows = [export_one(model, sub, calib_batches, recalibrate_bn, path, out_dir, task_info) for sub in subs]
+    if task_info:  # beside the .pt files too, readable without torch
+        write_json(out_dir / TASK_FILE, task_info)
     if auto_class:
         for row, sub in zip(rows, subs):
             row["hf_dir"] = str(export_hf_dir(model, sub, task.tokenizer, out_dir))
@@ -45,7 +49,8 @@ def main(cfg: DictConfig) -> None:
     console.print(
         f"full model: {full_params:,} parameters, weights {full_bytes / 1024:.1f} KiB; training checkpoint {checkpoint_bytes / 1024:.1f} KiB "
         "(with optimizer state)."
-        + ("" if auto_class else f" BN {'recalibrated per sub-model' if recalibrate_bn else 'not recalibrated'}. Load with sortednet_cli.load_exported(path)."),
+        + ("" if auto_class else f" BN {'recalibrated per sub-model' if recalibrate_bn else 'not recalibrated'}. Load with sortednet_cli.load_exported(path).")
+        + (f" Its {len(task_info['classes'])} class names, normalisation and image size: {out_dir / TASK_FILE} (and model.task)." if "classes" in task_info else ""),
         highlight=False,
     )
     if auto_class:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -17,6 +18,14 @@ from ..sorted.submodel import SubModel, format_depth, parse_depth
 from .checkpoint import load_checkpoint, save_atomic
 
 EXPORT_FORMAT = "sortednet-cli/export/1"
+# What an export keeps of its task's state: what a user of the small network needs to feed it
+# and read it (an image folder's class names, normalisation and image size).
+EXPORTED_TASK_KEYS = ("classes", "mean", "std", "image_size")
+TASK_FILE = "task.json"
+
+
+def exported_task(task_state: Optional[dict]) -> dict:
+    return {key: task_state[key] for key in EXPORTED_TASK_KEYS if key in (task_state or {})}
 
 
 def requested_submodels(sub_cfg, checkpoint_path: Path, depth_limits) -> list[SubModel]:
@@ -42,7 +51,9 @@ def requested_submodels(sub_cfg, checkpoint_path: Path, depth_limits) -> list[Su
     return members
 
 
-def export_one(model: nn.Module, sub: SubModel, calib_batches, recalibrate_bn: bool, source: Path, out_dir: Path) -> dict:
+def export_one(model: nn.Module, sub: SubModel, calib_batches, recalibrate_bn: bool, source: Path, out_dir: Path,
+               task: Optional[dict] = None) -> dict:
+    """One sub-model as a .pt; `task` (exported_task of the checkpoint's task state) goes in with it."""
     with preserved_buffers(model):
         if recalibrate_bn:
             recalibrate(model, sub, calib_batches)
@@ -59,6 +70,7 @@ def export_one(model: nn.Module, sub: SubModel, calib_batches, recalibrate_bn: b
             "params": params,
             "source": str(source),
             "bn_recalibrated": recalibrate_bn,
+            **({"task": task} if task else {}),
         },
         path,
     )
@@ -73,10 +85,13 @@ def export_hf_dir(model: nn.Module, sub: SubModel, tokenizer, out_dir: Path) -> 
 
 
 def load_exported(path: str | os.PathLike) -> nn.Module:
-    """An exported sub-model as a plain torch.nn.Module in eval mode (`model(x)` runs it)."""
+    """An exported sub-model as a plain torch.nn.Module in eval mode (`model(x)` runs it); its
+    `task` attribute holds what the export kept of its task (an image folder's `classes`, `mean`,
+    `std`, `image_size`; empty for the other tasks)."""
     blob = load_checkpoint(path, expected_format=EXPORT_FORMAT)
     model = build_from_arch(blob["arch"])
     model.load_state_dict(blob["state_dict"])
+    model.task = dict(blob.get("task", {}))
     return model.eval()
 
 

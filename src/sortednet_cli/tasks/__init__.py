@@ -8,7 +8,7 @@ from ..errors import UserError
 
 from .base import Metric, Task
 from .registry import TASKS
-from .image import task as _image  # noqa: F401  (registers cifar10 and fake)
+from .image import folder_task as _image_folder, task as _image  # noqa: F401  (registers cifar10, cifar100, fake, image_folder)
 from .text import glue_task as _glue, instruction_task as _instructions, lm_task as _lm  # noqa: F401  (registers glue, instructions, text)
 
 
