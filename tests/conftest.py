@@ -29,7 +29,7 @@ TINY = [
     "trainer.device=cpu",
     "sched.warmup_epochs=0",
     "trainer.eval_grid=false",
-    "eval.calib_images=256",
+    "eval.calib_examples=256",
 ]
 
 set_threads(2, "conftest")

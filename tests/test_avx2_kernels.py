@@ -65,7 +65,7 @@ def narrow_run(model_name: str, width: float) -> list[str]:
         "sampler=sandwich", "trainer.grad_accum=2", "trainer.accum_same_batch=true",
         "data=fake", "data.fake_train_size=128", "data.fake_test_size=64",
         "trainer.batch_size=64", "trainer.epochs=2", "trainer.device=cpu", "trainer.threads=1",
-        "sched.warmup_epochs=0", "eval.calib_images=64", "eval.latency_repeats=1",
+        "sched.warmup_epochs=0", "eval.calib_examples=64", "eval.latency_repeats=1",
     ]
 
 
@@ -79,10 +79,10 @@ def test_narrowest_sub_models_train_and_evaluate_on_avx2_kernels(model_name, tmp
         run_avx2(["train", *narrow_run(model_name, width), f"hydra.run.dir={run_dir}"], tmp_path)
         assert (run_dir / "grid.csv").is_file()
     narrowest = tmp_path / f"w{widths[0]}"
-    run_avx2(["eval-grid", f"checkpoint={narrowest}", "eval.method=naive", "eval.calib_images=64",
+    run_avx2(["eval-grid", f"checkpoint={narrowest}", "eval.method=naive", "eval.calib_examples=64",
               "eval.latency=false", f"hydra.run.dir={tmp_path / 'grid'}"], tmp_path)
     run_avx2(["export", f"checkpoint={narrowest}", f"sub.width={widths[0]}", "sub.depth=1",
-              "eval.calib_images=64", f"hydra.run.dir={tmp_path / 'export'}"], tmp_path)
+              "eval.calib_examples=64", f"hydra.run.dir={tmp_path / 'export'}"], tmp_path)
 
 
 @pytest.mark.parametrize("model_name", FAMILIES)
@@ -92,7 +92,7 @@ def test_bench_runs_the_narrowest_width_on_avx2_kernels(model_name, tmp_path):
         "bench", f"model={model_name}", *FAMILY_OVERRIDES.get(model_name, []), "pool=tiny", f"pool.widths=[{width}]", "pool.depths=[1,max]",
         "data=fake", "data.fake_train_size=256", "data.fake_test_size=64", "threads=1", "device=cpu",
         "bench.rounds=1", "bench.steps=2", "bench.batch_size=64", "bench.workers=0",
-        "bench.eval_images=32", "bench.calib_images=32", "bench.grid_rounds=1", f"hydra.run.dir={tmp_path}",
+        "bench.eval_examples=32", "bench.calib_examples=32", "bench.grid_rounds=1", f"hydra.run.dir={tmp_path}",
     ], tmp_path)
     report = json.loads((tmp_path / "bench.json").read_text())
     figures = {"train_speedup": report["train_speedup"], "grid_speedup": report["grid_speedup"],

@@ -12,8 +12,8 @@ TINY_BENCH = [
     "bench.steps=1",
     "bench.batch_size=32",
     "bench.workers=0",
-    "bench.eval_images=16",
-    "bench.calib_images=16",
+    "bench.eval_examples=16",
+    "bench.calib_examples=16",
     "bench.grid_rounds=1",
     "device=cpu",
 ]

@@ -18,7 +18,7 @@ from conftest import compose_config, run_cli
 MBV2 = [
     "model=mobilenetv2", "pool=mbv2_tiny", "data=fake", "data.fake_train_size=128", "data.fake_test_size=64",
     "trainer.epochs=2", "trainer.batch_size=32", "trainer.device=cpu", "sched.warmup_epochs=0",
-    "eval.latency=false", "eval.calib_images=64", "select.min_relative=0.5",
+    "eval.latency=false", "eval.calib_examples=64", "select.min_relative=0.5",
 ]
 
 
@@ -34,7 +34,7 @@ def test_mobilenetv2_sweep_grid_export_and_report(tmp_path, capsys):
     assert json.loads((job / "grid.json").read_text())["full"] == {"width": 1.0, "depth": "1-2-3-4-3-3-1"}
 
     # the checkpoint's own data settings, a data.* key laid over them (checked against its schema)
-    code, _, err = run_cli(["export", f"checkpoint={job}", "data.fake_test_size=64", "eval.calib_images=64",
+    code, _, err = run_cli(["export", f"checkpoint={job}", "data.fake_test_size=64", "eval.calib_examples=64",
                             "sub.width=0.25", "sub.depth=1", f"hydra.run.dir={tmp_path / 'export'}"], capsys)
     assert code == 0, err
     small = load_exported(tmp_path / "export" / "w0.25_d1-1-1-1-1-1-1.pt")

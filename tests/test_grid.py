@@ -28,7 +28,7 @@ from sortednet_cli.tasks.image.task import ACCURACY
 
 from conftest import TINY, compose_config, prefix_tree_outputs, run_cli
 
-FAST_EVAL = ["eval.latency=false", "eval.calib_images=128", "data.test_subset=128"]
+FAST_EVAL = ["eval.latency=false", "eval.calib_examples=128", "data.test_subset=128"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
 
 
 def eval_data(model, *overrides, calib=128, n=128):
-    cfg = compose_config("train", [*TINY, f"eval.calib_images={calib}", f"data.test_subset={n}", *overrides])
+    cfg = compose_config("train", [*TINY, f"eval.calib_examples={calib}", f"data.test_subset={n}", *overrides])
     task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True)
     return cfg, EvalData.from_task(task, cfg.eval)
 
@@ -114,7 +114,7 @@ def hand_grid():
 
 
 def test_selection_pareto_front_ties_and_narrowest_per_depth():
-    result = select(hand_grid(), ACCURACY, baseline=0.95, min_accuracy=None, min_relative=0.8, cost_name="mflops")
+    result = select(hand_grid(), ACCURACY, baseline=0.95, metric_bar=None, min_relative=0.8, cost_name="mflops")
     assert result["bar"]["accuracy"] == pytest.approx(0.76)
     assert [(r["width"], r["depth"]) for r in result["selected"]] == [(0.25, "2-2-2"), (0.5, "1-1-1"), (0.5, "2-2-2"), (1.0, "1-1-1"), (1.0, "2-2-2")]
     assert [(r["width"], r["depth"]) for r in result["pareto"]] == [(0.25, "2-2-2"), (0.5, "1-1-1"), (1.0, "1-1-1"), (1.0, "2-2-2")]
@@ -122,7 +122,7 @@ def test_selection_pareto_front_ties_and_narrowest_per_depth():
 
 
 def test_selection_bar_is_the_higher_of_absolute_and_relative_and_budget():
-    result = select(hand_grid(), ACCURACY, 0.95, min_accuracy=0.85, min_relative=0.5, cost_name="params", budget=4500)
+    result = select(hand_grid(), ACCURACY, 0.95, metric_bar=0.85, min_relative=0.5, cost_name="params", budget=4500)
     assert result["bar"]["accuracy"] == 0.85
     assert len(result["selected"]) == 2
     assert result["budget"]["best"]["width"] == 1.0 and result["budget"]["best"]["depth"] == "1-1-1"
@@ -130,14 +130,14 @@ def test_selection_bar_is_the_higher_of_absolute_and_relative_and_budget():
 
 
 def test_empty_selection_is_an_answer():
-    result = select(hand_grid(), ACCURACY, 0.95, min_accuracy=0.99, min_relative=None, cost_name="mflops")
+    result = select(hand_grid(), ACCURACY, 0.95, metric_bar=0.99, min_relative=None, cost_name="mflops")
     assert result["selected"] == [] and result["pareto"] == [] and result["best"]["accuracy"] == 0.95
 
 
 def test_bad_bars_and_missing_costs():
     with pytest.raises(UserError, match="min_relative must be in"):
         select(hand_grid(), ACCURACY, 0.95, None, 1.5, "mflops")
-    with pytest.raises(UserError, match="min_accuracy must be in"):
+    with pytest.raises(UserError, match="select.metric_bar must be in"):
         select(hand_grid(), ACCURACY, 0.95, 80, None, "mflops")
     with pytest.raises(UserError, match="needs the latency_ms_bs1 column"):
         select(hand_grid(), ACCURACY, 0.95, None, 0.9, "latency")
@@ -151,7 +151,7 @@ def test_pareto_front_of_identical_points_keeps_both():
 
 def test_eval_grid_cli_writes_grid_selection_and_pictures(trained, tmp_path, capsys):
     out = tmp_path / "grid"
-    code, stdout, err = run_cli(["eval-grid", f"checkpoint={trained}", "data=fake", "eval.latency_repeats=1", "eval.calib_images=128", "data.test_subset=128", f"hydra.run.dir={out}"], capsys)
+    code, stdout, err = run_cli(["eval-grid", f"checkpoint={trained}", "data=fake", "eval.latency_repeats=1", "eval.calib_examples=128", "data.test_subset=128", f"hydra.run.dir={out}"], capsys)
     assert code == 0, err
     with open(out / "grid.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -167,7 +167,7 @@ def test_eval_grid_cli_writes_grid_selection_and_pictures(trained, tmp_path, cap
     assert "baseline" in stdout
 
     # select with a new bar re-selects from the csv alone
-    code, stdout, err = run_cli(["select", f"grid={out}", "select.min_accuracy=0.999", "select.min_relative=null", f"hydra.run.dir={tmp_path / 'sel'}"], capsys)
+    code, stdout, err = run_cli(["select", f"grid={out}", "select.metric_bar=0.999", "select.min_relative=null", f"hydra.run.dir={tmp_path / 'sel'}"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "sel" / "selected.json").read_text())["selected"] == []
     assert "no sub-model reaches the bar" in stdout
@@ -186,7 +186,7 @@ def test_eval_grid_defaults_to_the_newest_train_run_and_a_baseline_run(trained, 
 
 
 def test_export_round_trip_is_smaller_and_scores_the_same(trained, tmp_path, capsys):
-    code, _, err = run_cli(["export", f"checkpoint={trained}", "data=fake", "eval.calib_images=128", "sub.width=0.5", "sub.depth=[1,1,1]", f"hydra.run.dir={tmp_path}"], capsys)
+    code, _, err = run_cli(["export", f"checkpoint={trained}", "data=fake", "eval.calib_examples=128", "sub.width=0.5", "sub.depth=[1,1,1]", f"hydra.run.dir={tmp_path}"], capsys)
     assert code == 0, err
     path = tmp_path / "w0.5_d1-1-1.pt"
     small = load_exported(path)
@@ -214,7 +214,7 @@ def test_export_selected_writes_one_file_per_selected_sub_model(trained, tmp_pat
     grid_dir = tmp_path / "grid"
     assert run_cli(["eval-grid", f"checkpoint={trained}", "data=fake", *FAST_EVAL, "select.min_relative=0.5", f"hydra.run.dir={grid_dir}"], capsys)[0] == 0
     selected = json.loads((grid_dir / "selected.json").read_text())["selected"]
-    code, _, err = run_cli(["export", f"checkpoint={trained}", "data=fake", "eval.calib_images=128", "sub=selected", f"sub.file={grid_dir / 'selected.json'}", f"hydra.run.dir={tmp_path / 'ex'}"], capsys)
+    code, _, err = run_cli(["export", f"checkpoint={trained}", "data=fake", "eval.calib_examples=128", "sub=selected", f"sub.file={grid_dir / 'selected.json'}", f"hydra.run.dir={tmp_path / 'ex'}"], capsys)
     assert code == 0, err
     assert len(list((tmp_path / "ex").glob("w*_d*.pt"))) == len(selected) > 0
 

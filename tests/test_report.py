@@ -37,7 +37,7 @@ def small(train_images: int = 256) -> list[str]:
         "trainer.threads=1",
         "sched.warmup_epochs=0",
         "eval.latency=false",
-        f"eval.calib_images={min(128, train_images)}",
+        f"eval.calib_examples={min(128, train_images)}",
     ]
 
 

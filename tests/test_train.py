@@ -39,7 +39,7 @@ def test_tiny_fake_run_learns_and_writes_its_files(tmp_run):
     result = run(tmp_run, "trainer.epochs=4")
     run_dir = tmp_run / "run"
     summary = json.loads((run_dir / "summary.json").read_text())
-    for key in ("final_loss", "steps", "images_per_second", "wall_seconds", "quick_eval"):
+    for key in ("final_loss", "steps", "examples_per_second", "wall_seconds", "quick_eval"):
         assert key in summary
     assert summary["steps"] == 4 * (512 // 32)
     assert [(q["width"], q["depth"]) for q in summary["quick_eval"]] == [(1.0, "2-2-2"), (1.0, "1-1-1"), (0.5, "1-1-1")]
@@ -201,12 +201,12 @@ def test_tiny_real_cifar10_run_beats_chance(tmp_run, cifar10_root):
 def test_resuming_a_finished_run_keeps_its_training_figures(tmp_run):
     first = run(tmp_run, "trainer.epochs=1")
     again = train(compose_config("train", [*TINY, "trainer.epochs=1", f"resume={tmp_run / 'run'}"]), tmp_run / "x", console=quiet())
-    for key in ("final_loss", "images_per_second", "steps"):
+    for key in ("final_loss", "examples_per_second", "steps"):
         assert again.summary[key] == first.summary[key]
 
 
 def test_bad_eval_settings_fail_before_training(tmp_run):
-    for override, message in [("eval.batch_size=0", "eval.batch_size must be >= 1"), ("eval.calib_images=0", "eval.calib_images must be >= 1"),
+    for override, message in [("eval.batch_size=0", "eval.batch_size must be >= 1"), ("eval.calib_examples=0", "eval.calib_examples must be >= 1"),
                               ("eval.baseline=/nonexistent", "no checkpoint at /nonexistent")]:
         with pytest.raises(UserError, match=message):
             run(tmp_run, override)

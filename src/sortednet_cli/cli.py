@@ -34,7 +34,7 @@ from .renames import renamed_override
 COMMANDS = {
     "train": "train a sorted network on a pool of sub-models (the main job)",
     "eval-grid": "evaluate every sub-model of a checkpoint into the width x depth grid, then select",
-    "select": "re-select sub-models from a grid with a new accuracy bar (no re-evaluation)",
+    "select": "re-select sub-models from a grid with a new bar on its metric (no re-evaluation)",
     "export": "write sub-models out as small standalone checkpoints",
     "describe": "list a pool's sub-models with channels, parameters and MFLOPs",
     "bench": "measure the fast paths against plain PyTorch, side by side (bench.json)",

@@ -109,7 +109,7 @@ class LoggerConfig:
 @dataclass
 class EvalConfig:
     bn: BnMode = BnMode.recalibrate
-    calib_images: int = 2000
+    calib_examples: int = 2000  # training examples norm statistics are recalibrated on
     batch_size: int = 500
     method: EvalMethod = EvalMethod.shared
     latency: bool = True
@@ -121,7 +121,9 @@ class EvalConfig:
 
 @dataclass
 class SelectConfig:
-    min_accuracy: Optional[float] = None
+    # An absolute bar in the metric's own units: a floor for a higher-is-better metric (accuracy),
+    # a ceiling for a lower-is-better one (a language model's loss); null: only min_relative.
+    metric_bar: Optional[float] = None
     min_relative: Optional[float] = 0.96
     cost: CostName = CostName.mflops
     budget: Optional[float] = None
@@ -192,8 +194,8 @@ class BenchSettings:
     steps: int = 20  # training steps per timed segment
     batch_size: int = 128
     workers: int = 2  # DataLoader workers of the reference loop
-    eval_images: int = 500
-    calib_images: int = 500
+    eval_examples: int = 500
+    calib_examples: int = 500
     grid_rounds: int = 2
 
 

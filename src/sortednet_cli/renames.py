@@ -12,11 +12,19 @@ from typing import Iterable, Optional
 # old key -> new key (dotted config paths)
 RENAMED_KEYS = {
     "trainer.update": "trainer.objective",  # `update` shadowed DictConfig.update
+    "eval.calib_images": "eval.calib_examples",  # every task's examples, not only images
+    "bench.eval_images": "bench.eval_examples",
+    "bench.calib_images": "bench.calib_examples",
+    "select.min_accuracy": "select.metric_bar",  # in the metric's units: a ceiling for a loss
 }
 # new key -> {old value: new value}
 RENAMED_VALUES = {"trainer.objective": {"draws": "sampled"}}
 # summary.json and grid.json fields: old -> new
-RENAMED_FIELDS: dict[str, str] = {}
+RENAMED_FIELDS = {
+    "images_per_second": "examples_per_second",
+    "eval_images": "eval_examples",
+    "calib_images": "calib_examples",
+}
 
 
 def renamed_override(args: Iterable[str]) -> Optional[str]:

@@ -99,10 +99,10 @@ def task_for(run: TrainedRun, cfg: DictConfig, overrides: Sequence[str]) -> Task
 def check_grid_settings(eval_cfg, select_cfg, metric: Metric) -> None:
     """Everything a grid needs from eval.* and select.*, checked before any training or
     evaluation starts (a run should not fail hours in on a typo)."""
-    for key, least in (("batch_size", 1), ("calib_images", 1), ("latency_repeats", 1)):
+    for key, least in (("batch_size", 1), ("calib_examples", 1), ("latency_repeats", 1)):
         if getattr(eval_cfg, key) < least:
             raise UserError(f"eval.{key} must be >= {least} (got {getattr(eval_cfg, key)})")
-    check_bar(metric, select_cfg.min_accuracy, select_cfg.min_relative)
+    check_bar(metric, select_cfg.metric_bar, select_cfg.min_relative)
     value = eval_cfg.baseline
     if value is None:
         return
@@ -200,10 +200,10 @@ def run_grid(
     meta = {
         "checkpoint": label,
         "pool": pool.name,
-        "eval_images": data.eval_size,
+        "eval_examples": data.eval_size,
         "method": method,
         "bn": eval_cfg.bn.value,
-        "calib_images": data.calib_size,
+        "calib_examples": data.calib_size,
         "device": str(device),
         "eval_seconds": eval_seconds,
         "baseline": baseline,
@@ -223,7 +223,7 @@ def run_grid(
 
 
 def select_and_report(rows: list[dict], metric: Metric, baseline: float, select_cfg, title: str, run_dir: Path, console: Console) -> dict:
-    result = select(rows, metric, baseline, select_cfg.min_accuracy, select_cfg.min_relative, select_cfg.cost.value, select_cfg.budget)
+    result = select(rows, metric, baseline, select_cfg.metric_bar, select_cfg.min_relative, select_cfg.cost.value, select_cfg.budget)
     write_selection(result, rows, title, run_dir, metric)
     print_selection(console, result, metric)
     console.print(f"selection: {run_dir / 'selected.json'}, {run_dir / 'selection.png'}", highlight=False)

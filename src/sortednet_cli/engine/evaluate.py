@@ -22,7 +22,7 @@ class EvalData:
 
     @classmethod
     def from_task(cls, task: Task, eval_cfg) -> "EvalData":
-        return cls(task, eval_cfg.batch_size, eval_cfg.calib_images)
+        return cls(task, eval_cfg.batch_size, eval_cfg.calib_examples)
 
     def eval_batches(self):
         return self.task.eval_batches(self.batch_size)

@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..jsonfiles import read_json, write_json
 from ..models import build_from_arch, build_model
 from ..models.cost import mflops_per_example
+from ..renames import upgrade_record
 from ..reports.console import make_console
 from ..reports.loggers import NullLogger, build_logger
 from ..reports.progress import TrainProgress
@@ -113,7 +114,7 @@ class Run:
     total_steps: int
     start_step: int
     elapsed_before: float
-    images_before: int
+    examples_before: int  # training examples seen before this process (resumed runs)
     resumed: bool
     all_exits: Optional[AllExits] = None  # trainer.objective=all_exits
 
@@ -123,7 +124,7 @@ class LoopState:
     """What the loop changes as it goes."""
 
     done: int
-    images: int
+    examples: int  # training examples seen (sequences, windows or images; all exits of a draw share them)
     saved_step: Optional[int]
     start_time: float = field(default_factory=time.perf_counter)
     pending: list[PendingDraw] = field(default_factory=list)
@@ -262,7 +263,7 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
         total_steps = min(total_steps, trainer.max_steps)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
-    start_step, elapsed_before, images_before = 0, 0.0, 0
+    start_step, elapsed_before, examples_before = 0, 0.0, 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -270,7 +271,8 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and device.type == "cuda":  # dropout on the GPU continues exactly
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        start_step, elapsed_before, images_before = checkpoint["step"], checkpoint["elapsed_s"], checkpoint["images"]
+        # Checkpoints of earlier versions count the examples under "images".
+        start_step, elapsed_before, examples_before = checkpoint["step"], checkpoint["elapsed_s"], checkpoint.get("examples", checkpoint.get("images", 0))
 
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     logger = build_logger(cfg.logger, run_dir, config_dict, resume_step=start_step if checkpoint else None) if ranks.is_main else NullLogger()
@@ -292,7 +294,7 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     )
     all_exits = AllExits(pool, task.loss) if trainer.objective.value == "all_exits" else None
     run = Run(cfg, run_dir, ranks, device, console, task, model, pool, sampler, batches, optimizer, scheduler,
-              logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, images_before,
+              logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, examples_before,
               resumed=checkpoint is not None, all_exits=all_exits)
     if trainer.distill.value == "inplace":
         check_distillation_teacher(run)
@@ -316,7 +318,7 @@ def save_checkpoint(run: Run, state: LoopState) -> Path:
             "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if run.device.type == "cuda" else {})},
             "step": state.done,
             "elapsed_s": run.elapsed_before + time.perf_counter() - state.start_time,
-            "images": state.images,
+            "examples": state.examples,
             "config": OmegaConf.to_yaml(run.cfg, resolve=True),
             "pool": run.pool.to_dict(),
             "task": run.task.state(),
@@ -422,7 +424,7 @@ def stall_advice(run: Run, state: LoopState, subs: list[SubModel]) -> str:
 
 def run_loop(run: Run) -> LoopState:
     trainer = run.cfg.trainer
-    state = LoopState(done=run.start_step, images=run.images_before, saved_step=run.start_step if run.resumed else None)
+    state = LoopState(done=run.start_step, examples=run.examples_before, saved_step=run.start_step if run.resumed else None)
 
     def warn_stall(message: str) -> None:
         logging.getLogger("sortednet").warning("%s", message)
@@ -438,7 +440,7 @@ def run_loop(run: Run) -> LoopState:
             drawn = train_step(run, plan)
             watchdog.step_finished()
             state.pending.extend(drawn)
-            state.images += len(plan.subs) * run.batches.batch_size  # examples seen (all exits of a draw share them)
+            state.examples += len(plan.subs) * run.batches.batch_size
             state.done = step + 1
 
             epoch_end = state.done % run.steps_per_epoch == 0
@@ -467,7 +469,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         "steps": state.done,
         "total_steps": run.total_steps,
         "epochs_done": state.done / run.steps_per_epoch,
-        "images_per_second": (state.images - run.images_before) / wall if wall > 0 else None,
+        "examples_per_second": (state.examples - run.examples_before) / wall if wall > 0 else None,
         "wall_seconds": run.elapsed_before + wall,
         "device": str(run.device),
         "pool": run.pool.name,
@@ -477,8 +479,8 @@ def finish(run: Run, state: LoopState) -> TrainResult:
     previous = run.run_dir / SUMMARY_FILE
     if state.done == run.start_step and previous.is_file():
         # Resumed a finished run (say, to evaluate again): its training figures stand.
-        trained = read_json(previous)
-        summary.update({k: trained[k] for k in ("final_loss", "images_per_second", "wall_seconds") if k in trained})
+        trained = upgrade_record(read_json(previous))
+        summary.update({k: trained[k] for k in ("final_loss", "examples_per_second", "wall_seconds") if k in trained})
     if state.interrupted:
         path = save_checkpoint(run, state)
         run.console.print(f"interrupted after step {state.done}; checkpoint saved to {path}")

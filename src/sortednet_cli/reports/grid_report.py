@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..jsonfiles import read_json, write_json
+from ..renames import upgrade_record
 from ..sorted.submodel import depth_order_key, parse_depth
 from ..tasks.base import Metric
 
@@ -48,7 +49,7 @@ def read_grid(location: str) -> tuple[list[dict], dict, Path, Metric]:
     if not path.is_file():
         raise UserError(f"no grid at {path}")
     meta_path = path.with_suffix(".json")
-    meta = read_json(meta_path)
+    meta = upgrade_record(read_json(meta_path))  # a grid of an earlier version: its fields' new names
     if not isinstance(meta, dict) or any(key not in meta for key in GRID_RECORD):
         raise UserError(f"{path} has no complete {meta_path.name} beside it (eval-grid writes both, with {', '.join(GRID_RECORD)})")
     metric = Metric.from_dict(meta["metric"])

@@ -22,6 +22,7 @@ from .grid_report import read_grid
 from .loggers import METRICS_FILE
 from ..tasks.base import Metric
 from ..jsonfiles import read_json
+from ..renames import upgrade_config, upgrade_record
 
 # The column names of a report none of whose jobs has a grid yet: image classification's.
 NO_GRID_METRIC = Metric("accuracy", True, 0.0, 1.0)
@@ -128,12 +129,12 @@ def load_job(run_dir: Path, name: str) -> Job:
     hydra_dir = run_dir / ".hydra"
     if not (hydra_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a train run directory (no .hydra/config.yaml)")
-    config = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+    config = upgrade_config(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False))
     if "trainer" not in config and not (run_dir / "grid.csv").is_file():
         raise UserError(f"{run_dir} is neither a train run directory nor an eval-grid one (no trainer in its config, no grid.csv)")
     overrides_path = hydra_dir / "overrides.yaml"
     overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.is_file() else []
-    summary = read_json(run_dir / "summary.json")
+    summary = upgrade_record(read_json(run_dir / "summary.json"))
     grid, grid_meta = None, None
     if (run_dir / "grid.csv").is_file():
         try:
@@ -242,7 +243,7 @@ def summary_rows(jobs: list[Job], labels: dict[Path, str], baseline: Optional[Jo
             "steps": summary.get("steps"),
             "total_steps": summary.get("total_steps"),
             "wall_seconds": summary.get("wall_seconds"),
-            "images_per_second": summary.get("images_per_second"),
+            "examples_per_second": summary.get("examples_per_second"),
             "note": job.note,
             "dir": str(job.run_dir),
         })
@@ -254,6 +255,6 @@ def split_noise(baseline: Optional[Job], metric: Metric) -> Optional[float]:
     set (binomial: sqrt(p (1 - p) / n)); None when it does not apply."""
     if baseline is None or not metric.is_fraction or baseline.full_value is None:
         return None
-    n = (baseline.grid_meta or {}).get("eval_images")
+    n = (baseline.grid_meta or {}).get("eval_examples")
     p = baseline.full_value
     return math.sqrt(p * (1 - p) / n) if n and 0 <= p <= 1 else None

@@ -17,7 +17,7 @@ def summary_columns(metric: Metric) -> list[str]:
     return [
         "job", "status", "label", "overrides", "pool", "pool_size", "final_loss",
         metric.column("full"), metric.column("mean"), metric.column("min"), "full_relative", "mean_relative", "min_relative",
-        "median_relative", "at_96_percent", "selected", "grid_size", "steps", "total_steps", "wall_seconds", "images_per_second", "note", "dir",
+        "median_relative", "at_96_percent", "selected", "grid_size", "steps", "total_steps", "wall_seconds", "examples_per_second", "note", "dir",
     ]
 
 
@@ -73,7 +73,7 @@ def display_columns(metric: Metric) -> list[tuple[str, Callable[[dict], str]]]:
         ("selected", lambda r: "" if r["selected"] is None else f"{r['selected']}/{r['grid_size']}"),
         ("steps", lambda r: "" if r["steps"] is None else f"{r['steps']}/{r['total_steps']}"),
         ("wall", lambda r: _duration(r["wall_seconds"])),
-        ("images/s", lambda r: _number(r["images_per_second"], ".0f")),
+        ("examples/s", lambda r: _number(r["examples_per_second"], ".0f")),
     ]
 
 
@@ -95,8 +95,8 @@ def headline(rows: list[dict], baseline: Optional[Job], baseline_note: str, labe
     if baseline:
         text += f"Baseline: job {baseline.name} ({labels[baseline.run_dir]}), full model {metric_text(baseline.full_value, metric)}{baseline_note}."
         if noise is not None:
-            images = (baseline.grid_meta or {}).get("eval_images")
-            text += (f" Noise: one {metric.name} on these {images} evaluation examples is uncertain by about "
+            examples = (baseline.grid_meta or {}).get("eval_examples")
+            text += (f" Noise: one {metric.name} on these {examples} evaluation examples is uncertain by about "
                      f"+-{100 * noise:.1f} points (one standard error), so a difference under about {200 * noise:.1f} points can be chance.")
     else:
         text += "No pool=full job with a grid: no baseline, relative columns empty."

@@ -56,8 +56,8 @@ def print_selection(console: Console, result: dict, metric: Metric) -> None:
     pieces = []
     if bar["min_relative"] is not None:
         pieces.append(f"{100 * bar['min_relative']:.0f}% of baseline {metric.format(bar['baseline'])}")
-    if bar["min_accuracy"] is not None:
-        pieces.append(f"absolute {metric.format(bar['min_accuracy'])}")
+    if bar["metric_bar"] is not None:
+        pieces.append(f"absolute {metric.format(bar['metric_bar'])}")
     console.print(f"bar: {metric.format(bar[key])} ({' and '.join(pieces)}), cost: {bar['cost']}", highlight=False)
     if not result["selected"]:
         best = result["best"]

@@ -19,27 +19,28 @@ if TYPE_CHECKING:  # a task's Metric; this module only uses its methods
 COST_COLUMNS = {"mflops": "mflops", "params": "params", "latency": "latency_ms_bs1"}
 
 
-def check_bar(metric: Metric, min_accuracy: Optional[float], min_relative: Optional[float]) -> None:
+def check_bar(metric: Metric, metric_bar: Optional[float], min_relative: Optional[float]) -> None:
     """Fail early (before any evaluation) on a bar that cannot be met or makes no sense."""
-    if min_accuracy is None and min_relative is None:
-        raise UserError("give select.min_accuracy and/or select.min_relative")
-    if min_accuracy is not None and not metric.in_range(min_accuracy):
-        raise UserError(f"select.min_accuracy must be in {metric.range_text()} (the range of {metric.described()}), got {min_accuracy}")
+    if metric_bar is None and min_relative is None:
+        raise UserError("give select.metric_bar and/or select.min_relative")
+    if metric_bar is not None and not metric.in_range(metric_bar):
+        raise UserError(f"select.metric_bar must be in {metric.range_text()} (the range of {metric.described()}), got {metric_bar}")
     if min_relative is not None and not 0 < min_relative <= 1:
         raise UserError(f"select.min_relative must be in (0, 1] (a fraction of the baseline), got {min_relative}")
 
 
-def metric_bar(metric: Metric, baseline: float, min_accuracy: Optional[float], min_relative: Optional[float]) -> dict:
-    """The bar: the stricter of the absolute one (`select.min_accuracy`, in the metric's units)
-    and the relative one (`min_relative` of the baseline, by the metric's `relative`)."""
-    check_bar(metric, min_accuracy, min_relative)
+def selection_bar(metric: Metric, baseline: float, metric_bar: Optional[float], min_relative: Optional[float]) -> dict:
+    """The bar: the stricter of the absolute one (`select.metric_bar`, in the metric's units: a
+    floor when higher is better, a ceiling when lower is) and the relative one (`min_relative` of
+    the baseline, by the metric's `relative`)."""
+    check_bar(metric, metric_bar, min_relative)
     candidates = []
-    if min_accuracy is not None:
-        candidates.append(min_accuracy)
+    if metric_bar is not None:
+        candidates.append(metric_bar)
     if min_relative is not None:
         candidates.append(min_relative * baseline if metric.higher_is_better else baseline / min_relative)
     return {metric.name: max(candidates) if metric.higher_is_better else min(candidates),
-            "min_accuracy": min_accuracy, "min_relative": min_relative, "baseline": baseline}
+            "metric_bar": metric_bar, "min_relative": min_relative, "baseline": baseline}
 
 
 def _better_or_equal(metric: Metric, a: dict, b: dict) -> bool:
@@ -68,11 +69,11 @@ def pareto_front(rows: list[dict], cost: str, metric: Metric) -> list[dict]:
     return sorted(front, key=_ranking(metric, cost))
 
 
-def select(rows: list[dict], metric: Metric, baseline: float, min_accuracy: Optional[float], min_relative: Optional[float], cost_name: str, budget: Optional[float] = None) -> dict:
+def select(rows: list[dict], metric: Metric, baseline: float, metric_bar: Optional[float], min_relative: Optional[float], cost_name: str, budget: Optional[float] = None) -> dict:
     cost = COST_COLUMNS[cost_name]
     if any(row.get(cost) is None for row in rows):
         raise UserError(f"select.cost={cost_name} needs the {cost} column filled (run eval-grid with eval.latency=true)")
-    bar = metric_bar(metric, baseline, min_accuracy, min_relative)
+    bar = selection_bar(metric, baseline, metric_bar, min_relative)
     passes = lambda r: metric.at_least_as_good(r[metric.name], bar[metric.name])  # noqa: E731
     passing = sorted((r for r in rows if passes(r)), key=_ranking(metric, cost))
     narrowest = {}

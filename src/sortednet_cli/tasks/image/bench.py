@@ -30,13 +30,13 @@ from ...sorted.update import plain_loss, sorted_update
 from .data import CIFAR, CIFAR10_MEAN, CIFAR10_STD, ImageSet, Normalizer, TrainBatches, eval_batches, load_splits
 from .task import AccuracyMeter, ImageClassification
 
-QUICK = {"rounds": 5, "steps": 6, "eval_images": 64, "calib_images": 64, "grid_rounds": 3}
+QUICK = {"rounds": 5, "steps": 6, "eval_examples": 64, "calib_examples": 64, "grid_rounds": 3}
 
 
 def settings(cfg) -> dict:
     """The bench.* counts; bench.quick shrinks those left at their defaults."""
     defaults = BenchSettings()
-    values = {k: getattr(cfg.bench, k) for k in ("rounds", "steps", "batch_size", "workers", "eval_images", "calib_images", "grid_rounds")}
+    values = {k: getattr(cfg.bench, k) for k in ("rounds", "steps", "batch_size", "workers", "eval_examples", "calib_examples", "grid_rounds")}
     if cfg.bench.quick:
         values.update({k: v for k, v in QUICK.items() if values[k] == getattr(defaults, k)})
     for key, value in values.items():
@@ -230,8 +230,8 @@ def run_bench(cfg, device: torch.device, console) -> dict:
     console.print("3/4 grid evaluation of pool=160 with BN recalibration: shared vs naive ...")
     model = project.model.eval()
     normalize = Normalizer(device, channels_last=True)
-    eval_set = splits.eval.first(s["eval_images"]).to(device)
-    calib_set = splits.train.first(s["calib_images"]).to(device)
+    eval_set = splits.eval.first(s["eval_examples"]).to(device)
+    calib_set = splits.train.first(s["calib_examples"]).to(device)
     batch = 500
     recal = bool(model.recalibrated_norms())
     results = {}

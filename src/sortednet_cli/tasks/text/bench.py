@@ -112,7 +112,7 @@ def run_text_bench(cfg, device: torch.device, console) -> dict:
 
     console.print(f"2/3 grid evaluation of pool={pool.name} ({len(pool)} sub-models): shared vs naive ...")
     model = project.model.eval()
-    eval_rows = torch.arange(min(s["eval_images"], len(task.eval)))
+    eval_rows = torch.arange(min(s["eval_examples"], len(task.eval)))
     results = {}
 
     def grid(method):
