@@ -122,6 +122,9 @@ class ToyRegression:
     def model_fields(self):
         return {}
 
+    def model_fields_without_data(self):
+        return {}
+
     def train_batches(self, batch_size, seed):
         return ToyBatches(self.train_x, self.train_y, batch_size, seed)
 
@@ -142,6 +145,9 @@ class ToyRegression:
 
     def example_input(self, batch_size):
         return torch.zeros(batch_size, self.train_x.shape[1])
+
+    def example_input_without_data(self, batch_size):
+        return self.example_input(batch_size)
 
     def loss(self, outputs, targets):
         return F.mse_loss(outputs, targets)

@@ -26,9 +26,11 @@ def describe_pool(model, pool: Pool, example) -> list[dict]:
 
 
 def describe(cfg) -> tuple[list[dict], torch.nn.Module, Pool]:
-    """The rows of `sortednet describe`, FLOPs counted on the task's example input."""
+    """The rows of `sortednet describe`, FLOPs counted on the task's example input; no data is
+    read (the task's `*_without_data` answers: a text model's vocabulary from data.vocab_size,
+    its FLOPs on its longest input)."""
     device = torch.device("cpu")
     task = build_task(cfg.data, cfg.model, device, channels_last=False)
-    model = build_model(cfg.model, task.model_fields())
+    model = build_model(cfg.model, task.model_fields_without_data())
     pool = pool_from_config(cfg.pool, model.depth_limits)
-    return describe_pool(model, pool, task.example_input(1)), model, pool
+    return describe_pool(model, pool, task.example_input_without_data(1)), model, pool

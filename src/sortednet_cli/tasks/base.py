@@ -125,6 +125,10 @@ class Task(Protocol):
         """What the task decides about the model: keyword arguments of the model builder (a
         text task's vocabulary size and label count); empty for images."""
 
+    def model_fields_without_data(self) -> dict:
+        """model_fields() decided without reading any data (sortednet describe): a text task whose
+        tokenizer would be trained here takes its vocabulary size from data.vocab_size."""
+
     def train_batches(self, batch_size: int, seed: int) -> TrainBatches: ...
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]: ...
@@ -142,6 +146,9 @@ class Task(Protocol):
 
     def example_input(self, batch_size: int) -> Any:
         """An input of the shape the model takes, for counting FLOPs and timing latency."""
+
+    def example_input_without_data(self, batch_size: int) -> Any:
+        """The same without reading any data (describe's FLOPs): a text task's longest input."""
 
     def loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor: ...
 

@@ -137,6 +137,9 @@ class ImageClassification:
         """The head's class count and the image size come from the data."""
         return {"num_classes": self.num_classes, "image_size": IMAGE_SHAPE[-1]}
 
+    def model_fields_without_data(self) -> dict:
+        return self.model_fields()  # read from the config, not the images
+
     def train_batches(self, batch_size: int, seed: int) -> TrainBatches:
         return TrainBatches(self.train, batch_size, seed, self.cfg.augment, self.normalize)
 
@@ -157,6 +160,9 @@ class ImageClassification:
 
     def example_input(self, batch_size: int) -> torch.Tensor:
         return torch.randn(batch_size, *IMAGE_SHAPE, device=self.device).contiguous(memory_format=self.memory_format)
+
+    def example_input_without_data(self, batch_size: int) -> torch.Tensor:
+        return self.example_input(batch_size)  # random images of the data's shape
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels)

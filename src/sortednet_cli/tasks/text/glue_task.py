@@ -73,14 +73,18 @@ class GlueClassification:
     @functools.cached_property
     def tokenizer(self):
         # Deferred: the tokenizers stack costs half a second to import, which image runs skip.
-        from .tokenizers import pretrained_tokenizer, tokenizer_from_state, train_byte_bpe, train_wordpiece
+        from .tokenizers import pretrained_tokenizer, tokenizer_from_state
 
         if self.saved_tokenizer is not None:
             return tokenizer_from_state(self.saved_tokenizer)
         if self.profile.pretrained:
             return pretrained_tokenizer(self.profile.pretrained)
         examples = self.train_examples
-        texts = examples.text_a + (examples.text_b or [])
+        return self._scratch_tokenizer(examples.text_a + (examples.text_b or []))
+
+    def _scratch_tokenizer(self, texts: list[str]):
+        from .tokenizers import train_byte_bpe, train_wordpiece
+
         if self.profile.scratch_tokenizer == "wordpiece":
             return train_wordpiece(texts, self.cfg.vocab_size)
         return train_byte_bpe(texts, self.cfg.vocab_size, roberta=True)
@@ -110,10 +114,20 @@ class GlueClassification:
         return {"tokenizer": tokenizer_state(self.tokenizer), "profile": dataclasses.asdict(self.profile)}
 
     def model_fields(self) -> dict:
+        return self._fields(self.tokenizer, len(self.tokenizer))
+
+    def model_fields_without_data(self) -> dict:
+        """A tokenizer to be trained here is not trained: the vocabulary is data.vocab_size (its
+        special tokens' ids are those of one trained on no text); a saved or pretrained one is used."""
+        if self.saved_tokenizer is not None or self.profile.pretrained:
+            return self.model_fields()
+        return self._fields(self._scratch_tokenizer([]), self.cfg.vocab_size)
+
+    def _fields(self, tokenizer, vocab_size: int) -> dict:
         return {
-            "vocab_size": len(self.tokenizer),
+            "vocab_size": vocab_size,
             "num_labels": num_labels(self.spec),
-            "pad_token_id": self.pad_id,
+            "pad_token_id": tokenizer.pad_token_id,
             "problem_type": "regression" if self.spec.is_regression else "single_label_classification",
         }
 
@@ -142,10 +156,16 @@ class GlueClassification:
 
     def example_input(self, batch_size: int):
         """Rows of the evaluation set's median length (what FLOPs and latency are counted on)."""
+        return self._rows(batch_size, int(self.eval.lengths().float().median()), self.pad_id)
+
+    def example_input_without_data(self, batch_size: int):
+        """Rows of the longest input the model takes (model.max_length)."""
+        return self._rows(batch_size, self.max_length, self.model_fields_without_data()["pad_token_id"])
+
+    def _rows(self, batch_size: int, length: int, pad_id: int):
         from ...models.transformer import TokenBatch
 
-        length = int(self.eval.lengths().float().median())
-        ids = torch.full((batch_size, length), self.pad_id + 1, dtype=torch.long, device=self.device)
+        ids = torch.full((batch_size, length), pad_id + 1, dtype=torch.long, device=self.device)
         types = torch.zeros_like(ids) if self.spec.is_pair and self.profile.token_types else None
         return TokenBatch(ids, torch.ones_like(ids), types)
 

@@ -23,7 +23,7 @@ from ...models import TextProfile
 from ..registry import TASKS
 from .batches import ShuffledBatches, ordered_batches
 from .instructions import IGNORE, InstructionSet, prompt_ids, read_jsonl, resolve_template
-from .lm_task import LossMeter, NextTokenLoss
+from .lm_task import LossMeter, NextTokenLoss, decoder_fields
 
 
 class Template(str, Enum):
@@ -131,7 +131,16 @@ class InstructionTuning(NextTokenLoss):
         return {"tokenizer": tokenizer_state(self.tokenizer), "profile": dataclasses.asdict(self.profile), "template": self.template}
 
     def model_fields(self) -> dict:
-        return {"vocab_size": len(self.tokenizer), "eos_token_id": self.tokenizer.eos_token_id, "bos_token_id": self.tokenizer.bos_token_id}
+        return decoder_fields(self.tokenizer)
+
+    def model_fields_without_data(self) -> dict:
+        """A tokenizer to be trained here is not trained: the vocabulary is data.vocab_size; a
+        saved or pretrained one is used."""
+        from .tokenizers import train_byte_bpe
+
+        if "tokenizer" in self.saved or self.profile.pretrained:
+            return self.model_fields()
+        return decoder_fields(train_byte_bpe([], self.cfg.vocab_size, roberta=False), self.cfg.vocab_size)
 
     def describe(self) -> str:
         return (f"{len(self.train)} instruction examples of {Path(self.cfg.path).name} ({self.train.response_tokens()} response tokens, "
@@ -170,6 +179,13 @@ class InstructionTuning(NextTokenLoss):
     def example_input(self, batch_size: int):
         inputs, _ = self.eval.batch(torch.zeros(1, dtype=torch.long), self.pad_id, self.device)
         return type(inputs)(inputs.input_ids.repeat(batch_size, 1), inputs.attention_mask.repeat(batch_size, 1))
+
+    def example_input_without_data(self, batch_size: int):
+        """Examples of the longest length kept (data.max_length)."""
+        from ...models.transformer import TokenBatch
+
+        ids = torch.zeros(batch_size, self.cfg.max_length, dtype=torch.long, device=self.device)
+        return TokenBatch(ids, torch.ones_like(ids))
 
     def meter(self) -> ResponseMeter:
         return ResponseMeter()

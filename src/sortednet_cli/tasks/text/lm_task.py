@@ -67,6 +67,11 @@ class LossMeter:
         return {"perplexity": math.exp(min(self.value(), 50.0))}
 
 
+def decoder_fields(tokenizer, vocab_size: Optional[int] = None) -> dict:
+    """What a decoder task decides about the model: its tokenizer's size (or `vocab_size`) and ids."""
+    return {"vocab_size": len(tokenizer) if vocab_size is None else vocab_size, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
+
+
 class NextTokenLoss:
     """What the decoder tasks share: the mean next-token loss (lower is better) over the tokens
     with a target, its soft-target form for distillation, its meter."""
@@ -169,7 +174,18 @@ class LanguageModeling(NextTokenLoss):
         return {"tokenizer": tokenizer_state(self.tokenizer), "profile": dataclasses.asdict(self.profile)}
 
     def model_fields(self) -> dict:
-        return {"vocab_size": len(self.tokenizer), "eos_token_id": self.tokenizer.eos_token_id, "bos_token_id": self.tokenizer.bos_token_id}
+        return decoder_fields(self.tokenizer)
+
+    def model_fields_without_data(self) -> dict:
+        """A tokenizer to be trained here is not trained: the vocabulary is data.vocab_size (a
+        character tokenizer has no special tokens); a saved or pretrained one is used."""
+        from .tokenizers import train_byte_bpe
+
+        if self.saved_tokenizer is not None or self.profile.pretrained:
+            return self.model_fields()
+        if self.cfg.tokenizer == TokenizerKind.char:
+            return {"vocab_size": self.cfg.vocab_size, "eos_token_id": None, "bos_token_id": None}
+        return decoder_fields(train_byte_bpe([], self.cfg.vocab_size, roberta=False), self.cfg.vocab_size)
 
     def describe(self) -> str:
         return f"{len(self.train_stream)} training tokens of {Path(self.cfg.path).name} ({self.cfg.tokenizer.value} tokenizer)"
@@ -207,3 +223,9 @@ class LanguageModeling(NextTokenLoss):
         from ...models.transformer import TokenBatch
 
         return TokenBatch(self.val_stream[: self.cfg.block_size].repeat(batch_size, 1).to(self.device))
+
+    def example_input_without_data(self, batch_size: int):
+        """Windows of data.block_size tokens, as example_input's."""
+        from ...models.transformer import TokenBatch
+
+        return TokenBatch(torch.zeros(batch_size, self.cfg.block_size, dtype=torch.long, device=self.device))
