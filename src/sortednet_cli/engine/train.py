@@ -67,6 +67,9 @@ RESUMABLE_KEYS = (
     "data.path",
     "data.verify",
     "data.download",
+    "data.cache",  # an image folder cached or streamed gives the same batches
+    "data.memory_budget_gb",
+    "data.workers",
     "eval",
     "select",
 )
