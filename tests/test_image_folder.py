@@ -29,7 +29,7 @@ QUICK = ["data.workers=0", "trainer.device=cpu"]
 
 def folder_task(root, *overrides, state=None, model=()):
     cfg = compose_config("train", ["data=image_folder", f"data.root={root}", *model, *overrides])
-    return build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True, state=state)
+    return build_task(cfg.data, cfg.model, torch.device("cpu"), state=state)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,18 @@ def test_settings_the_model_or_data_cannot_take_are_one_line_each(tmp_path, caps
     line = one_line_error(train_args(root, tmp_path, "model.num_classes=10"), capsys)
     assert "data=image_folder has 3 classes (the class folders of" in line and "model.num_classes=10" in line
     assert "data.image_size must be >= 1" in one_line_error(train_args(root, tmp_path, "data.image_size=0"), capsys)
+
+
+def test_describe_counts_the_class_folders_and_needs_no_images(tmp_path, capsys):
+    root = write_tree(tmp_path / "tree", classes=("a", "b", "c", "d", "e"), train=1, val=0)
+    for data_root, classes in ((root, 5), (tmp_path / "none", 10)):
+        out_dir = tmp_path / f"describe_{classes}"
+        code, _, err = run_cli(["describe", "data=image_folder", f"data.root={data_root}", "data.image_size=16", "pool=full",
+                                f"hydra.run.dir={out_dir}"], capsys)
+        assert code == 0, err
+        full = (out_dir / "pool.csv").read_text().splitlines()[1].split(",")
+        # cPreResNet20's head: 256 x classes weights + classes biases
+        assert int(full[4]) == 219482 - 10 * 257 + classes * 257
 
 
 # --- the command line, end to end -----------------------------------------------------------

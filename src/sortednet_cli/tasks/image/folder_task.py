@@ -19,7 +19,7 @@ from ..base import Batch
 from ..registry import TASKS
 from . import folder
 from .data import ImageSet, Normalizer, TrainBatches, eval_batches
-from .task import ImageClassification, check_classes
+from .task import ImageClassification, check_classes, model_classes
 
 
 class CacheMode(str, Enum):
@@ -141,6 +141,14 @@ class ImageFolderClassification(ImageClassification):
     def model_fields(self) -> dict:
         where = f" (the class folders of {self.layout.root / 'train'})"
         return {"num_classes": check_classes(self.cfg.name, self.num_classes, self.model_cfg, where), "image_size": int(self.cfg.image_size)}
+
+    def model_fields_without_data(self) -> dict:
+        """The class folders' count where data.root lists them (folder names only, no image is
+        opened), else model.num_classes or 10: describe counts parameters without the data."""
+        try:
+            return self.model_fields()
+        except UserError:
+            return {"num_classes": model_classes(self.model_cfg) or 10, "image_size": int(self.cfg.image_size)}
 
     def train_batches(self, batch_size: int, seed: int) -> TrainBatches:
         if self.streamed:
