@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO, run_cli
 from sortednet_cli import cli
-from sortednet_cli.reports.jobs import Job, load_job, report_metric
+from sortednet_cli.reports.jobs import Job, job_labels, load_job, report_metric
 from sortednet_cli.jsonfiles import read_json, write_json
 from sortednet_cli.errors import UserError
 from sortednet_cli.plugins import register_configs
@@ -225,6 +225,18 @@ def test_grid_figure_shows_a_loss_as_recorded_and_the_lowest_darkest(tmp_path, m
     (image,) = ax.images
     assert image.cmap(image.norm(0.4))[2] > 0.4 and image.norm(0.4) < image.norm(0.625)
     assert image.cmap.name.endswith("_r")  # reversed: the lower loss gets the darker blue
+
+
+def test_jobs_are_labelled_by_the_overrides_that_differ_or_by_directory_when_many_do():
+    def job(name, overrides):
+        return Job(name, Path(name), overrides, {}, None, None, None, None, "complete", "")
+
+    sweep = [job("0", ["pool=full", "trainer.grad_accum=2"]), job("1", ["pool=160", "trainer.grad_accum=2"])]
+    assert list(job_labels(sweep).values()) == ["pool=full", "pool=160"]
+    grid_of_a_checkpoint = job("truncated", ["checkpoint=out/pretrain", "device=cpu"])
+    finetune = job("sorted_finetune", ["model=decoder", "model.pretrained=out/w1_d6", "data.path=in.txt", "pool=exits"])
+    assert list(job_labels([grid_of_a_checkpoint, finetune]).values()) == ["checkpoint=pretrain device=cpu", "sorted_finetune"]
+    assert list(job_labels([job("a", ["pool=160"]), job("b", ["pool=160"])]).values()) == ["a", "b"]
 
 
 def grid_job(cells: list[tuple[float, str, float]], meta) -> Job:

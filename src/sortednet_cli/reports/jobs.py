@@ -172,17 +172,22 @@ def _split_override(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value.strip("'\"")
 
 
+LABEL_OVERRIDES = 3  # a job set apart by more overrides than this is named by its directory
+
+
 def job_labels(jobs: list[Job]) -> dict[Path, str]:
     """Each job named by the overrides that differ between jobs (pool=full, trainer.grad_accum=4);
-    by its directory name when nothing differs."""
+    by its directory name when nothing differs, or when too much does (a grid of a checkpoint
+    beside a fine-tuning run) for a label to fit over a figure."""
     settings = [dict(map(_split_override, job.overrides)) for job in jobs]
     keys = list(dict.fromkeys(k for s in settings for k in s))
     differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
     labels = {}
     for job, setting in zip(jobs, settings):
+        shown = [k for k in differing if k in setting]
         # Paths (checkpoint=, data.root=) by their last part: labels title figures.
-        label = " ".join(f"{k}={Path(setting[k]).name if '/' in setting[k] else setting[k]}" for k in differing if k in setting)
-        labels[job.run_dir] = label or job.name
+        label = " ".join(f"{k}={Path(setting[k]).name if '/' in setting[k] else setting[k]}" for k in shown)
+        labels[job.run_dir] = label if 0 < len(shown) <= LABEL_OVERRIDES else job.name
     return labels
 
 
