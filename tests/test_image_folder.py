@@ -251,5 +251,5 @@ def test_train_then_eval_grid_and_export_keep_the_class_names(tmp_path, capsys):
 
     # the checkpoint's classes are checked against the folder it is evaluated on
     other = write_tree(tmp_path / "other", classes=("ant", "bee", "cow", "elk"), train=1, val=1)
-    line = one_line_error(["eval-grid", f"checkpoint={run}", f"data.root={other}", f"hydra.run.dir={tmp_path / 'grid2'}"], capsys)
-    assert "differ from those the model was trained on (trained on but not here: dog; here but not trained on: elk)" in line
+    with pytest.raises(UserError, match=r"differ from those the model was trained on \(trained on but not here: dog; here but not trained on: elk\)"):
+        folder_task(other, *QUICK, state=checkpoint["task"]).model_fields()
