@@ -131,7 +131,7 @@ def test_cifar100_is_read_by_torchvision_and_gives_the_model_100_classes(tmp_pat
     from sortednet_cli.tasks import build_task
 
     cfg = compose_config("train", ["data=cifar100", f"data.root={write_tiny_cifar100(tmp_path)}", "data.verify=false"])
-    task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=False)
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"))
     assert (len(task.train), len(task.eval), task.eval_name) == (120, 40, "test")
     assert task.train.labels[:3].tolist() == [0, 1, 2]
     fields = task.model_fields()
@@ -146,7 +146,7 @@ def test_cifar100_settings_are_checked(tmp_path):
 
     cfg = compose_config("train", ["data=cifar100", f"data.root={tmp_path}"])
     with pytest.raises(UserError, match=f"CIFAR-100 not found: looked for {tmp_path}/cifar-100-python/ .*data.download=true"):
-        build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=False).train
+        build_task(cfg.data, cfg.model, torch.device("cpu")).train
     wrong = compose_config("train", ["data=cifar100", "model.num_classes=10"])
     with pytest.raises(UserError, match="data=cifar100 has 100 classes but model.num_classes=10; leave model.num_classes unset"):
-        build_task(wrong.data, wrong.model, torch.device("cpu"), channels_last=False)
+        build_task(wrong.data, wrong.model, torch.device("cpu"))

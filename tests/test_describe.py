@@ -59,7 +59,7 @@ def test_the_answers_without_data_have_the_shape_of_those_with_it(model, request
     text = model != "cpreresnet20"
     overrides = tiny_text_overrides(model, request.getfixturevalue("glue_root"), request.getfixturevalue("text_path")) if text else [f"model={model}", "data=fake"]
     cfg = compose_config("train", overrides)
-    task = build_task(cfg.data, cfg.model, torch.device("cpu"), False)
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"))
     without, with_data = task.model_fields_without_data(), task.model_fields()
     assert without.keys() == with_data.keys()
     assert {k: v for k, v in without.items() if k != "vocab_size"} == {k: v for k, v in with_data.items() if k != "vocab_size"}

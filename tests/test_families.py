@@ -40,7 +40,7 @@ def test_mobilenetv2_sweep_grid_export_and_report(tmp_path, capsys):
     small = load_exported(tmp_path / "export" / "w0.25_d1-1-1-1-1-1-1.pt")
     run = load_trained(job, torch.device("cpu"))
     cfg = compose_config("train", MBV2)
-    data = EvalData.from_task(build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True), cfg.eval)
+    data = EvalData.from_task(build_task(cfg.data, cfg.model, torch.device("cpu")), cfg.eval)
     sub = SubModel(0.25, (1,) * 7)
     grid_accuracy = evaluate_pool(run.model, build_pool("one", [0.25], [1], run.model.depth_limits), data, cfg.eval)[sub]
     with torch.no_grad():

@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 
 def eval_data(model, *overrides, calib=128, n=128):
     cfg = compose_config("train", [*TINY, f"eval.calib_examples={calib}", f"data.test_subset={n}", *overrides])
-    task = build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True)
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"))
     return cfg, EvalData.from_task(task, cfg.eval)
 
 

@@ -29,7 +29,7 @@ QUICK = ["data.workers=0", "trainer.device=cpu"]
 
 def folder_task(root, *overrides, state=None, model=()):
     cfg = compose_config("train", ["data=image_folder", f"data.root={root}", *model, *overrides])
-    return build_task(cfg.data, cfg.model, torch.device("cpu"), channels_last=True, state=state)
+    return build_task(cfg.data, cfg.model, torch.device("cpu"), state=state)
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ class ToyRegression:
     memory_format = torch.contiguous_format
     eval_name = "val"
 
-    def __init__(self, data_cfg, model_cfg, device, channels_last, state=None):
+    def __init__(self, data_cfg, model_cfg, device, state=None):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(data_cfg.size + 256, model_cfg.dim, generator=gen)
         y = torch.tanh(x[:, :4].sum(1)) + x[:, 4] * x[:, 5] + data_cfg.noise * torch.randn(len(x), generator=gen)

@@ -27,6 +27,7 @@ OLD_KEYS = {
     "bench.eval_images": ("bench", "16"),
     "bench.calib_images": ("bench", "16"),
     "select.min_accuracy": ("select", "0.8"),
+    "trainer.channels_last": ("train", "false"),
 }
 # How an earlier version wrote what now has the new names: in the saved config, summary.json,
 # grid.json and the checkpoint.
@@ -66,6 +67,9 @@ def old_run_dir(tmp_path_factory):
     for new, old in OLD_CONFIG.items():
         assert new in config
         config = config.replace(new, old)
+    raw = OmegaConf.to_container(OmegaConf.create(config))
+    raw["trainer"]["channels_last"] = raw["data"].pop("channels_last")  # the memory format was the trainer's
+    config = OmegaConf.to_yaml(raw)
     checkpoint["config"] = config
     checkpoint["images"] = checkpoint.pop("examples")
     torch.save(checkpoint, path)
@@ -93,9 +97,18 @@ def test_the_old_run_is_written_with_the_old_names(old_run):
 def test_a_checkpoint_config_with_old_keys_reads_with_the_new_ones(old_run):
     cfg = checkpoint_config(load_checkpoint(old_run))
     assert cfg.trainer.objective.value == "sampled"
-    assert (cfg.eval.calib_examples, cfg.select.metric_bar) == (256, 0.05)
-    for section, old in (("trainer", "update"), ("eval", "calib_images"), ("select", "min_accuracy")):
+    assert (cfg.eval.calib_examples, cfg.select.metric_bar, cfg.data.channels_last) == (256, 0.05, True)
+    for section, old in (("trainer", "update"), ("eval", "calib_images"), ("select", "min_accuracy"), ("trainer", "channels_last")):
         assert old not in cfg[section]
+
+
+def test_a_text_runs_old_trainer_channels_last_is_dropped():
+    """Its data has no memory format: the old key moves nowhere, and the config still types."""
+    raw = OmegaConf.to_container(compose_config("train", ["model=llama"]), resolve=True, enum_to_str=True)
+    assert "channels_last" not in raw["data"]
+    raw["trainer"]["channels_last"] = True
+    cfg = checkpoint_config({"config": OmegaConf.to_yaml(raw)})
+    assert "channels_last" not in cfg.trainer and "channels_last" not in cfg.data and cfg.data.name == "text"
 
 
 def test_a_checkpoint_with_old_keys_evaluates_and_resumes(old_run, tmp_path, capsys):

@@ -215,7 +215,7 @@ def test_bad_eval_settings_fail_before_training(tmp_run):
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_the_model_gets_the_memory_format_asked_for(tmp_run, monkeypatch, channels_last):
-    """trainer.channels_last decides the memory format of every batch that reaches the model,
+    """data.channels_last decides the memory format of every batch that reaches the model,
     in training (augmented batches come out of the crop gather in channels_last order) and in
     the evaluation."""
     from sortednet_cli.models.preresnet import PreResNet
@@ -230,7 +230,7 @@ def test_the_model_gets_the_memory_format_asked_for(tmp_run, monkeypatch, channe
                  "nchw" if x.is_contiguous() else "other")
 
     monkeypatch.setattr(PreResNet, "run_stem", lambda self, x, width: (record(x), original_stem(self, x, width))[1])
-    run(tmp_run, "trainer.epochs=1", "trainer.eval_grid=true", "eval.latency=false", f"trainer.channels_last={str(channels_last).lower()}")
+    run(tmp_run, "trainer.epochs=1", "trainer.eval_grid=true", "eval.latency=false", f"data.channels_last={str(channels_last).lower()}")
     assert seen == {"channels_last" if channels_last else "nchw"}
 
 
@@ -242,7 +242,7 @@ def test_resume_may_change_the_memory_format(tmp_path, monkeypatch):
     interrupt_at(monkeypatch, 5)
     run(tmp_path, "trainer.epochs=2", name="stopped")
     monkeypatch.undo()
-    overrides = [f"resume={tmp_path / 'stopped'}", "trainer.channels_last=false"]
+    overrides = [f"resume={tmp_path / 'stopped'}", "data.channels_last=false"]
     resumed = train(compose_config("train", [*TINY, "trainer.epochs=2", *overrides]), tmp_path / "x", overrides=overrides, console=quiet())
     assert resumed.summary["steps"] == straight.summary["steps"] == load_checkpoint(tmp_path / "stopped")["step"]
     losses = {}

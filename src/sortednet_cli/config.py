@@ -77,7 +77,6 @@ class TrainerConfig:
     device: Device = Device.auto
     amp: bool = True
     threads: int = 0
-    channels_last: bool = True  # the memory format image tasks use (a runtime choice)
     stall_factor: float = 50.0
     stall_seconds: float = 60.0
     checkpoint_every: int = 1

@@ -7,7 +7,7 @@ saved is read with the new names: the config a checkpoint or a run directory kee
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 # old key -> new key (dotted config paths)
 RENAMED_KEYS = {
@@ -16,6 +16,7 @@ RENAMED_KEYS = {
     "bench.eval_images": "bench.eval_examples",
     "bench.calib_images": "bench.calib_examples",
     "select.min_accuracy": "select.metric_bar",  # in the metric's units: a ceiling for a loss
+    "trainer.channels_last": "data.channels_last",  # the memory format is the (image) task's
 }
 # new key -> {old value: new value}
 RENAMED_VALUES = {"trainer.objective": {"draws": "sampled"}}
@@ -36,9 +37,11 @@ def renamed_override(args: Iterable[str]) -> Optional[str]:
     return None
 
 
-def upgrade_config(config: dict) -> dict:
+def upgrade_config(config: dict, has_key: Optional[Callable[[str, str], bool]] = None) -> dict:
     """A saved config (a plain dict) with renamed keys and values under their new names; a new
-    key already set wins over its old one."""
+    key already set wins over its old one. `has_key(section, key)`: whether that section's schema
+    takes the key; one moved into a section that does not is dropped (trainer.channels_last of a
+    text run: its data has no memory format)."""
     for old, new in RENAMED_KEYS.items():
         old_section, old_name = old.split(".")
         new_section, new_name = new.split(".")
@@ -46,6 +49,8 @@ def upgrade_config(config: dict) -> dict:
         if not isinstance(section, dict) or old_name not in section:
             continue
         value = section.pop(old_name)
+        if has_key is not None and not has_key(new_section, new_name):
+            continue
         target = config.setdefault(new_section, {})
         if isinstance(target, dict):
             target.setdefault(new_name, RENAMED_VALUES.get(new, {}).get(value, value))

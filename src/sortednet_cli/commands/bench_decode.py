@@ -16,7 +16,7 @@ from ..tasks import build_task
 
 def validation_prompts(decoder_run, count: int, length: int) -> list[list[int]]:
     """`count` windows of `length` tokens spread evenly over the run's validation text."""
-    task = build_task(decoder_run.run.cfg.data, decoder_run.run.cfg.model, decoder_run.run.device, False, state=decoder_run.run.task_state)
+    task = build_task(decoder_run.run.cfg.data, decoder_run.run.cfg.model, decoder_run.run.device, state=decoder_run.run.task_state)
     return task.prompt_windows(count, length)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -25,9 +26,16 @@ def checkpoint_config(checkpoint: dict) -> DictConfig:
     """The typed training config a checkpoint was written with: the plug-in nodes (model, data,
     optimizer, schedule) typed by their own schemas, keys added since filled with defaults and
     keys renamed since under their new names."""
-    saved = OmegaConf.create(upgrade_config(OmegaConf.to_container(OmegaConf.create(checkpoint["config"]))))
+    raw = OmegaConf.to_container(OmegaConf.create(checkpoint["config"]))
+    plugins = {"model": FAMILIES, "data": TASKS, "optim": OPTIMIZERS, "sched": SCHEDULERS}
+
+    def has_key(section: str, key: str) -> bool:
+        schema = plugins[section].schema(raw[section]["name"]) if section in plugins else None
+        return schema is None or key in {f.name for f in dataclasses.fields(schema)}
+
+    saved = OmegaConf.create(upgrade_config(raw, has_key))
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
-    for key, registry in (("model", FAMILIES), ("data", TASKS), ("optim", OPTIMIZERS), ("sched", SCHEDULERS)):
+    for key, registry in plugins.items():
         cfg[key] = registry.typed(saved[key].name, saved[key])
     return cfg
 

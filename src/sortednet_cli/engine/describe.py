@@ -30,7 +30,7 @@ def describe(cfg) -> tuple[list[dict], torch.nn.Module, Pool]:
     read (the task's `*_without_data` answers: a text model's vocabulary from data.vocab_size,
     its FLOPs on its longest input)."""
     device = torch.device("cpu")
-    task = build_task(cfg.data, cfg.model, device, channels_last=False)
+    task = build_task(cfg.data, cfg.model, device)
     model = build_model(cfg.model, task.model_fields_without_data())
     pool = pool_from_config(cfg.pool, model.depth_limits)
     return describe_pool(model, pool, task.example_input_without_data(1)), model, pool

@@ -91,7 +91,7 @@ def data_config_for(run: TrainedRun, cfg: DictConfig, overrides: Sequence[str]) 
 
 def task_for(run: TrainedRun, cfg: DictConfig, overrides: Sequence[str]) -> Task:
     """The run's task on its (overridden) data; the model moves to the task's memory format."""
-    task = build_task(data_config_for(run, cfg, overrides), run.cfg.model, run.device, run.cfg.trainer.channels_last, state=run.task_state)
+    task = build_task(data_config_for(run, cfg, overrides), run.cfg.model, run.device, state=run.task_state)
     run.model.to(memory_format=task.memory_format)
     return task
 
@@ -140,7 +140,7 @@ def resolve_baseline(value: Optional[str], model: nn.Module, scores: dict, data:
         other_data = data
         if (other_run.task_state or {}) != data.task.state():
             # A text run has its own tokenizer: the same examples, encoded its way.
-            other_task = build_task(data.task.cfg, other_run.cfg.model, device, other_run.cfg.trainer.channels_last, state=other_run.task_state)
+            other_task = build_task(data.task.cfg, other_run.cfg.model, device, state=other_run.task_state)
             other_data = EvalData(other_task, data.batch_size, data.calib_count)
         other_full = full_submodel(other.depth_limits)
         cache[key] = evaluate_pool(other, Pool("full", (other_full,)), other_data, eval_cfg, method)[other_full]

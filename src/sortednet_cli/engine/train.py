@@ -59,7 +59,6 @@ RESUMABLE_KEYS = (
     "trainer.log_every",
     "trainer.checkpoint_every",
     "trainer.eval_grid",
-    "trainer.channels_last",  # a memory format changes speed, not the run
     "trainer.stall_factor",
     "trainer.stall_seconds",
     "logger",
@@ -67,6 +66,7 @@ RESUMABLE_KEYS = (
     "data.path",
     "data.verify",
     "data.download",
+    "data.channels_last",  # a memory format changes speed, not the run
     "data.cache",  # an image folder cached or streamed gives the same batches
     "data.memory_budget_gb",
     "data.workers",
@@ -245,7 +245,7 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     configure_backend(device, trainer.threads)
 
     # A resumed run rebuilds its task from the checkpoint (a trained tokenizer is kept there).
-    task = build_task(cfg.data, cfg.model, device, trainer.channels_last, state=checkpoint.get("task") if checkpoint else None)
+    task = build_task(cfg.data, cfg.model, device, state=checkpoint.get("task") if checkpoint else None)
     check_grid_settings(cfg.eval, cfg.select, task.metric)  # fail now, not after hours of training
     fields = task.model_fields()  # a text task trains its tokenizer here
     task.state()  # a tokenizer a checkpoint cannot keep fails now, not at the first checkpoint

@@ -22,11 +22,11 @@ def check_pairing(data_cfg, model_cfg) -> None:
                         f"(models for it: {', '.join(families_for(kind)) or 'none registered'})")
 
 
-def build_task(data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None) -> Task:
+def build_task(data_cfg, model_cfg, device: torch.device, state: Optional[dict] = None) -> Task:
     """The task that reads `data_cfg`, with its data loaded onto `device`; `state` is what a
     checkpoint saved of it (a text task's tokenizer)."""
     check_pairing(data_cfg, model_cfg)
-    return TASKS.get(data_cfg.name)(data_cfg, model_cfg, device, channels_last, state=state)
+    return TASKS.get(data_cfg.name)(data_cfg, model_cfg, device, state=state)
 
 
 __all__ = ["Metric", "Task", "TASKS", "build_task"]

@@ -104,9 +104,9 @@ class TrainBatches(Protocol):
 
 @runtime_checkable
 class Task(Protocol):
-    """Built as `Task(data_cfg, model_cfg, device, channels_last, state=None)`; `channels_last`
-    is the user's preference (trainer.channels_last), which a task without images ignores;
-    `state` is what `state()` returned when the checkpoint was written."""
+    """Built as `Task(data_cfg, model_cfg, device, state=None)`; `state` is what `state()`
+    returned when the checkpoint was written. The task decides its `memory_format` (an image
+    task from data.channels_last); the engine moves the model to it."""
 
     name: str
     kind: str  # what model families pair with (ModelFamily.task_kinds): "language_modeling", ...

@@ -196,7 +196,7 @@ def run_bench(cfg, device: torch.device, console) -> dict:
     s = settings(cfg)
     if cfg.data.name not in (*CIFAR, "fake"):
         raise UserError(f"sortednet bench reads data=fake, {', '.join(CIFAR)} (not data={cfg.data.name})")
-    fields = ImageClassification(cfg.data, cfg.model, torch.device("cpu"), False).model_fields()
+    fields = ImageClassification(cfg.data, cfg.model, torch.device("cpu")).model_fields()
     splits = load_splits(cfg.data, fields["num_classes"])
     torch.manual_seed(cfg.seed)
     template = build_model(cfg.model, fields)

@@ -37,6 +37,7 @@ class ImageFolderConfig:
     train_subset: int = 0  # the first N training images (of a fixed shuffled order), 0 = all
     val_subset: int = 0
     augment: bool = True  # random crop (padding 4) + horizontal flip, as for CIFAR-10
+    channels_last: bool = True  # the memory format of images and model: a runtime choice (may change on resume)
     # Per-channel normalisation in [0, 1] units; null: computed from the training images.
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
@@ -59,13 +60,13 @@ class ImageFolderClassification(ImageClassification):
     """Image classification on `data.root` in torchvision's ImageFolder layout, cached as uint8
     or streamed (folder.py), with CIFAR-10's augmentation and the data's own normalisation."""
 
-    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
+    def __init__(self, data_cfg, model_cfg, device: torch.device, state: Optional[dict] = None):
         check_settings(data_cfg)
         self.cfg = data_cfg
         self.model_cfg = model_cfg
         self.device = device
-        self.channels_last = channels_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = data_cfg.channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.saved = state or {}
         self.mode_line = ""
 

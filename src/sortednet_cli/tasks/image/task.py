@@ -37,6 +37,7 @@ class ImageDataConfig:
     val_size: int = 0
     eval_split: EvalSplit = EvalSplit.test
     augment: bool = True
+    channels_last: bool = True  # the memory format of images and model: a runtime choice (may change on resume)
     # data=fake only: how many synthetic images to make.
     fake_train_size: int = 2048
     fake_test_size: int = 512
@@ -53,6 +54,7 @@ class Cifar100Config:
     val_size: int = 0
     eval_split: EvalSplit = EvalSplit.test
     augment: bool = True
+    channels_last: bool = True  # the memory format of images and model: a runtime choice (may change on resume)
 
 
 def model_classes(model_cfg) -> Optional[int]:
@@ -90,16 +92,17 @@ class AccuracyMeter:
 @TASKS.register("fake", schema=ImageDataConfig)
 class ImageClassification:
     """uint8 images kept whole on the training device, augmented a batch at a time, in the
-    memory format asked for (channels_last: faster convolutions on CPU and GPU)."""
+    memory format data.channels_last asks for (faster convolutions on CPU and GPU)."""
 
     name = "image_classification"
     kind = "image_classification"
     metric = ACCURACY
     tokenizer = None
 
-    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
+    def __init__(self, data_cfg, model_cfg, device: torch.device, state: Optional[dict] = None):
         self.cfg = data_cfg
         self.device = device
+        channels_last = data_cfg.channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if data_cfg.name in CIFAR:
             which = CIFAR[data_cfg.name]

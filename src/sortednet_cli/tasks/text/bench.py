@@ -88,7 +88,7 @@ class PlainTextLoop:
 
 
 def run_text_bench(cfg, device: torch.device, console) -> dict:
-    task = build_task(cfg.data, cfg.model, device, False)
+    task = build_task(cfg.data, cfg.model, device)
     s = settings(cfg)
     fields = task.model_fields()
     torch.manual_seed(cfg.seed)

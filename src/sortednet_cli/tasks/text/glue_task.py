@@ -46,7 +46,7 @@ class GlueClassification:
     kind = "sequence_classification"
     memory_format = torch.contiguous_format
 
-    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
+    def __init__(self, data_cfg, model_cfg, device: torch.device, state: Optional[dict] = None):
         self.cfg = data_cfg
         self.profile = TextProfile.for_task(model_cfg, state)
         self.spec = glue_spec(data_cfg.glue_task)

@@ -70,7 +70,7 @@ class ResponseMeter(LossMeter):
 class InstructionTuning(NextTokenLoss):
     name = "instruction_tuning"
 
-    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
+    def __init__(self, data_cfg, model_cfg, device: torch.device, state: Optional[dict] = None):
         self.cfg = data_cfg
         self.profile = TextProfile.for_task(model_cfg, state)
         self.device = device

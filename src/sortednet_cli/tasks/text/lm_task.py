@@ -95,7 +95,7 @@ class NextTokenLoss:
 class LanguageModeling(NextTokenLoss):
     name = "language_modeling"
 
-    def __init__(self, data_cfg, model_cfg, device: torch.device, channels_last: bool, state: Optional[dict] = None):
+    def __init__(self, data_cfg, model_cfg, device: torch.device, state: Optional[dict] = None):
         self.cfg = data_cfg
         self.profile = TextProfile.for_task(model_cfg, state)
         self.device = device
