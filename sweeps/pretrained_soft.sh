@@ -6,7 +6,7 @@
 #  3. sorted fine-tuning from model.pretrained=<that directory> on the same text (<= 1/4 the steps);
 #  4. sorted and ordinary instruction tuning of the same directory on SST-2 instruction pairs,
 #     the ordinary one truncated at every exit;
-#  5. bench-decode of the fine-tuned models;  6. report side by side.
+#  5. bench-decode of the fine-tuned models and of the ordinary ones;  6. report side by side.
 # Usage: sweeps/pretrained_soft.sh [OUT]   (PRETRAIN_STEPS, FINETUNE_STEPS, SST2_STEPS, THREADS);
 # rerun after a failure: the steps done are skipped.
 set -euo pipefail
@@ -54,4 +54,8 @@ step sst2_truncated "$BIN/sortednet" eval-grid checkpoint="$OUT/sst2_ordinary" p
 
 step bench_sorted_finetune "$BIN/sortednet" bench-decode checkpoint="$OUT/sorted_finetune" threads=1 hydra.run.dir="$OUT/bench_sorted_finetune"
 step bench_pretrained "$BIN/sortednet" bench-decode checkpoint="$OUT/pretrain" threads=1 hydra.run.dir="$OUT/bench_pretrained"
-step report "$BIN/sortednet" report "runs=[$OUT/truncated,$OUT/sorted_finetune,$OUT/sst2_truncated,$OUT/sst2_sorted]" hydra.run.dir="$OUT/report"
+step bench_sst2_sorted "$BIN/sortednet" bench-decode checkpoint="$OUT/sst2_sorted" threads=1 hydra.run.dir="$OUT/bench_sst2_sorted"
+step bench_sst2_ordinary "$BIN/sortednet" bench-decode checkpoint="$OUT/sst2_ordinary" threads=1 hydra.run.dir="$OUT/bench_sst2_ordinary"
+# The two tasks measure different losses: one report each, ordinary-truncated beside sorted.
+step report_shakespeare "$BIN/sortednet" report "runs=[$OUT/truncated,$OUT/sorted_finetune]" hydra.run.dir="$OUT/report_shakespeare"
+step report_sst2 "$BIN/sortednet" report "runs=[$OUT/sst2_truncated,$OUT/sst2_sorted]" hydra.run.dir="$OUT/report_sst2"
