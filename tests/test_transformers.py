@@ -186,7 +186,7 @@ def test_pretrained_weights_and_tokenizer_load_offline(text_run, tmp_path, glue_
 def test_text_tasks_name_bad_input(text_run, tmp_path, glue_root, text_path):
     with pytest.raises(UserError, match=r"data=text is language modeling, which model=bert does not do \(models for it: decoder, llama\)"):
         train(compose_config("train", ["model=bert", "data=text", f"data.path={text_path}"]), tmp_path / "x", console=quiet())
-    with pytest.raises(UserError, match=r"data=fake is image classification, which model=bert does not do \(models for it: cpreresnet20, mobilenetv2\)"):
+    with pytest.raises(UserError, match=r"data=fake is image classification, which model=bert does not do \(models for it: cpreresnet20, mobilenetv2, resnet18, resnet50\)"):
         train(compose_config("train", ["model=bert", "data=fake"]), tmp_path / "y", console=quiet())
     with pytest.raises(UserError, match="longer than the model's context"):
         text_run("llama", "data.block_size=64")
