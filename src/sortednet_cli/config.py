@@ -1,7 +1,9 @@
 """Typed config schemas, registered in Hydra's ConfigStore.
 
 The YAML files in conf/ sit on top of these dataclasses, so a misspelled key or a value of the
-wrong type fails while the config is composed, with the key named.
+wrong type fails while the config is composed, with the key named. The dataclasses (these, and
+each plug-in's own) hold the defaults: an option's YAML file sets only what differs from them,
+and tests/test_config_reference.py checks the README's config reference against them.
 """
 
 from __future__ import annotations
@@ -71,16 +73,16 @@ class SamplerConfig:
 class TrainerConfig:
     epochs: int = 200
     batch_size: int = 128
-    grad_accum: int = 1
-    accum_same_batch: bool = False
+    grad_accum: int = 1  # draws (sub-model + mini-batch) accumulated per optimizer step
+    accum_same_batch: bool = False  # true: the draws of a step share one mini-batch
     seed: int = 0
     device: Device = Device.auto
-    amp: bool = True
-    threads: int = 0
-    stall_factor: float = 50.0
-    stall_seconds: float = 60.0
-    checkpoint_every: int = 1
-    log_every: int = 20
+    amp: bool = True  # bf16 autocast on CUDA
+    threads: int = 0  # CPU threads, 0 = torch's default
+    stall_factor: float = 50.0  # warn when a step runs this many times the recent median...
+    stall_seconds: float = 60.0  # ...and at least this long (0 turns the warning off)
+    checkpoint_every: int = 1  # epochs
+    log_every: int = 20  # steps
     # Clip the gradient norm of each optimizer step (after all its draws) to this; null: no clipping.
     clip_grad_norm: Optional[float] = None
     # Stop after this many optimizer steps (the schedule is laid out over them); null: epochs decide.
@@ -293,6 +295,9 @@ def register_configs() -> None:
     """The command schemas (plug-ins store theirs as they register)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    # conf/trainer/default.yaml lists it first: typed, with the defaults, in every command that
+    # composes a trainer (describe and bench too, where a model family may choose one).
+    cs.store(group="schemas/trainer", name="default", node=TrainerConfig)
     cs.store(name="describe_schema", node=DescribeConfig)
     cs.store(name="eval_grid_schema", node=EvalGridConfig)
     cs.store(name="select_schema", node=SelectCommandConfig)

@@ -93,9 +93,9 @@ class Head(nn.Module):
 @dataclass
 class MobileNetV2Config:
     name: str = "mobilenetv2"
-    norm: Norm = Norm["bn"]
-    num_classes: Optional[int] = None  # null: the data's class count
-    gn_groups: int = 8
+    norm: Norm = Norm["bn"]  # bn | in | gn
+    num_classes: Optional[int] = None  # null: the data's class count (a number must match it)
+    gn_groups: int = 8  # norm=gn: gcd(channels, gn_groups) groups
 
 
 class MobileNetV2(StagedNetwork):

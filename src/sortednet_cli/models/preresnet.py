@@ -49,10 +49,10 @@ class Bottleneck(nn.Module):
 @dataclass
 class CPreResNetConfig:
     name: str = "cpreresnet20"
-    norm: Norm = Norm["bn"]
-    blocks_per_stage: int = 2
-    num_classes: Optional[int] = None  # null: the data's class count
-    gn_groups: int = 8
+    norm: Norm = Norm["bn"]  # bn | in | gn
+    blocks_per_stage: int = 2  # 2 = cPreResNet20
+    num_classes: Optional[int] = None  # null: the data's class count (a number must match it)
+    gn_groups: int = 8  # norm=gn: gcd(channels, gn_groups) groups
 
 
 class PreResNet(StagedNetwork):

@@ -117,9 +117,12 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 @dataclass
 class ResNet18Config:
     name: str = "resnet18"
-    stem: Stem = Stem.auto  # auto: cifar for images up to 64 pixels a side, else imagenet
-    pretrained: Pretrained = Pretrained.none  # torchvision: its ImageNet weights from torch's hub cache
-    num_classes: Optional[int] = None  # null: the data's class count
+    # auto: cifar (3x3 stride 1, no max-pool) for images up to 64 pixels a side, else imagenet
+    # (7x7 stride 2 + max-pool)
+    stem: Stem = Stem.auto
+    # torchvision: its ImageNet weights from <torch hub dir>/checkpoints/ (never downloaded)
+    pretrained: Pretrained = Pretrained.none
+    num_classes: Optional[int] = None  # null: the data's class count (a number must match it)
 
 
 @dataclass

@@ -39,7 +39,7 @@ class EncoderConfig:
     max_length: int = 128  # the longest input in tokens (longer ones are cut)
     dropout: float = 0.1
     sort_heads: bool = False  # width also keeps the first heads (else every head, FFN units only)
-    pretrained: Optional[str] = None  # a hub id or a local directory: from_pretrained
+    pretrained: Optional[str] = None  # a hub id or a local directory: from_pretrained weights and tokenizer (sizes then come from it)
 
 
 @dataclass
@@ -53,9 +53,9 @@ class DecoderConfig:
     ffn: int = 512
     context: int = 128  # the longest sequence (max_position_embeddings)
     dropout: float = 0.0
-    rope_theta: float = 10000.0
-    sort_heads: bool = False
-    pretrained: Optional[str] = None
+    rope_theta: float = 10000.0  # rotary layouts
+    sort_heads: bool = False  # width also keeps the first heads (else every head, FFN units only)
+    pretrained: Optional[str] = None  # a hub id or a local directory: from_pretrained weights and tokenizer
 
 
 def scratch_arch(cfg) -> str:

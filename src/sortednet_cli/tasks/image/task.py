@@ -29,14 +29,14 @@ class EvalSplit(str, Enum):
 @dataclass
 class ImageDataConfig:
     name: str = "cifar10"
-    root: str = "data"
+    root: str = "data"  # the folder holding torchvision's files (conf/data/: or $SORTEDNET_DATA)
     download: bool = False
-    verify: bool = True
-    train_subset: int = 0
-    test_subset: int = 0
-    val_size: int = 0
-    eval_split: EvalSplit = EvalSplit.test
-    augment: bool = True
+    verify: bool = True  # false skips torchvision's md5 check (rebuilt copies)
+    train_subset: int = 0  # the first N training images, 0 = all
+    test_subset: int = 0  # the first N test images, 0 = all
+    val_size: int = 0  # hold out the last N training images as a validation split
+    eval_split: EvalSplit = EvalSplit.test  # what every evaluation measures
+    augment: bool = True  # random crop (padding 4) + horizontal flip
     channels_last: bool = True  # the memory format of images and model: a runtime choice (may change on resume)
     # data=fake only: how many synthetic images to make.
     fake_train_size: int = 2048
@@ -46,14 +46,14 @@ class ImageDataConfig:
 @dataclass
 class Cifar100Config:
     name: str = "cifar100"
-    root: str = "data"
+    root: str = "data"  # the folder holding torchvision's files (conf/data/: or $SORTEDNET_DATA)
     download: bool = False
-    verify: bool = True
-    train_subset: int = 0
-    test_subset: int = 0
-    val_size: int = 0
-    eval_split: EvalSplit = EvalSplit.test
-    augment: bool = True
+    verify: bool = True  # false skips torchvision's md5 check (rebuilt copies)
+    train_subset: int = 0  # the first N training images, 0 = all
+    test_subset: int = 0  # the first N test images, 0 = all
+    val_size: int = 0  # hold out the last N training images as a validation split
+    eval_split: EvalSplit = EvalSplit.test  # what every evaluation measures
+    augment: bool = True  # random crop (padding 4) + horizontal flip
     channels_last: bool = True  # the memory format of images and model: a runtime choice (may change on resume)
 
 

@@ -33,9 +33,9 @@ class GlueSplit(str, Enum):
 @dataclass
 class GlueDataConfig:
     name: str = "glue"
-    glue_task: str = "sst2"
-    root: str = "data/glue/sst2"  # the folder holding train.tsv and dev.tsv (or validation.tsv)
-    eval_split: GlueSplit = GlueSplit.val
+    glue_task: str = "sst2"  # sst2 | cola | mrpc | qqp | qnli | rte | mnli | stsb | wnli
+    root: str = "data/glue/sst2"  # the folder holding train.tsv and dev.tsv (or validation.tsv); conf/data/: or $SORTEDNET_GLUE
+    eval_split: GlueSplit = GlueSplit.val  # val: the dev file; test: a labeled test.tsv
     vocab_size: int = 8000  # of a tokenizer trained here (ignored with model.pretrained)
     train_subset: int = 0  # the first N training rows; 0 = all
 

@@ -35,7 +35,7 @@ class Template(str, Enum):
 @dataclass
 class InstructionDataConfig:
     name: str = "instructions"
-    path: str = "data/instructions/train.jsonl"  # JSON Lines: {prompt, response[, system]} or {messages}
+    path: str = "data/instructions/train.jsonl"  # JSON Lines: {prompt, response[, system]} or {messages} (conf/data/: or $SORTEDNET_INSTRUCTIONS)
     val_path: Optional[str] = None  # a validation file; null: the last val_fraction of `path`
     val_fraction: float = 0.05
     prompt_field: str = "prompt"
@@ -43,7 +43,7 @@ class InstructionDataConfig:
     system_field: str = "system"
     messages_field: str = "messages"
     template: Template = Template.auto
-    max_length: int = 256  # tokens per example (longer ones keep their first max_length)
+    max_length: int = 256  # tokens per example (longer ones keep their first max_length; a prompt that fills it is refused)
     vocab_size: int = 2000  # of the byte-level BPE trained here when the model has no tokenizer
     eval_examples: int = 0  # validation examples evaluated; 0 = all
 

@@ -40,8 +40,8 @@ class TokenizerKind(str, Enum):
 @dataclass
 class TextDataConfig:
     name: str = "text"
-    path: str = "data/tinyshakespeare/input.txt"
-    tokenizer: TokenizerKind = TokenizerKind.char
+    path: str = "data/tinyshakespeare/input.txt"  # UTF-8 text (conf/data/: or $SORTEDNET_TEXT)
+    tokenizer: TokenizerKind = TokenizerKind.char  # char: the text's own characters; bpe: byte-level BPE trained here
     vocab_size: int = 512  # of the byte-level BPE tokenizer (char: the text's own characters)
     block_size: int = 128  # tokens per training window (at most model.context)
     val_fraction: float = 0.1  # the last part of the text, by position
