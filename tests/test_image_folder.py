@@ -5,7 +5,6 @@ synthetic PNG/JPEG trees otherwise (the bad inputs, the streamed mode, the comma
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,12 @@ from PIL import Image
 from sortednet_cli.engine.checkpoint import load_checkpoint
 from sortednet_cli.errors import UserError
 from sortednet_cli.tasks import build_task
+from sortednet_cli.tasks.image.cifar_folder import CLASSES as CIFAR_CLASSES, read_cifar, write_cifar_folder
 from sortednet_cli.tasks.image.folder import held_out_count
 
 from conftest import SHARED_CIFAR10, compose_config, run_cli
 
 CIFAR_BATCH = SHARED_CIFAR10 / "cifar-10-batches-py" / "data_batch_1"
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_CLASS, VAL_PER_CLASS = 20, 5
 JPEG_CLASSES = ("bird", "ship")  # two 48x40 JPEGs each, in train/
 QUICK = ["data.workers=0", "trainer.device=cpu"]
@@ -37,25 +36,13 @@ def cifar_tree(tmp_path_factory):
     """250 real CIFAR-10 images (20 + 5 per class) as PNG in train/ and val/, and four 48x40 JPEGs."""
     if not CIFAR_BATCH.is_file():
         pytest.skip(f"real CIFAR-10 not found at {SHARED_CIFAR10} (set SORTEDNET_TEST_CIFAR10)")
-    with open(CIFAR_BATCH, "rb") as f:
-        batch = pickle.load(f, encoding="latin1")
-    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    labels = np.asarray(batch["labels"])
+    images, labels = read_cifar(SHARED_CIFAR10, TRAIN_PER_CLASS + VAL_PER_CLASS)
     root = tmp_path_factory.mktemp("cifar_tree")
-    train_pngs = []
-    for index, name in enumerate(CIFAR_CLASSES):
-        picks = np.flatnonzero(labels == index)
-        for split, chosen in (("train", picks[:TRAIN_PER_CLASS]), ("val", picks[TRAIN_PER_CLASS : TRAIN_PER_CLASS + VAL_PER_CLASS])):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in chosen:
-                Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
-                if split == "train":
-                    train_pngs.append(images[i])
-        if name in JPEG_CLASSES:
-            for i in picks[-2:]:
-                Image.fromarray(images[i]).resize((48, 40), Image.BICUBIC).save(root / "train" / name / f"wide_{i:05d}.jpg", quality=90)
-    return root, np.stack(train_pngs)
+    train_pngs = write_cifar_folder(images, labels, root, TRAIN_PER_CLASS, VAL_PER_CLASS)
+    for name in JPEG_CLASSES:
+        for i in np.flatnonzero(labels == CIFAR_CLASSES.index(name))[-2:]:
+            Image.fromarray(images[i]).resize((48, 40), Image.BICUBIC).save(root / "train" / name / f"wide_{i:05d}.jpg", quality=90)
+    return root, train_pngs
 
 
 def write_tree(root: Path, classes=("cat", "dog", "owl"), train=12, val=4, size=(40, 48), jpeg_every=3) -> Path:
