@@ -425,29 +425,49 @@ def stall_advice(run: Run, state: LoopState, subs: list[SubModel]) -> str:
     )
 
 
-def run_loop(run: Run) -> LoopState:
-    trainer = run.cfg.trainer
-    state = LoopState(done=run.start_step, examples=run.examples_before, saved_step=run.start_step if run.resumed else None)
+def stall_watchdog(run: Run) -> StallWatchdog:
+    """The loop's watchdog (trainer.stall_factor, trainer.stall_seconds): a stalled step is
+    warned about in the log and on the console."""
 
-    def warn_stall(message: str) -> None:
+    def warn(message: str) -> None:
         logging.getLogger("sortednet").warning("%s", message)
         run.console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
 
+    return StallWatchdog(warn, run.cfg.trainer.stall_factor, run.cfg.trainer.stall_seconds)
+
+
+def advance(run: Run, state: LoopState, watchdog: StallWatchdog) -> StepPlan:
+    """The loop's step number `state.done`: planned, watched, trained (`train_step`: the sorted
+    update and the scheduler step); its losses stay on the device, pending until a flush.
+    `sortednet bench` times this same function (engine/bench.py)."""
+    step = state.done
+    plan = plan_step(run, step)
+    watchdog.step_started(step + 1, lambda: stall_advice(run, state, plan.subs))
+    drawn = train_step(run, plan)
+    watchdog.step_finished()
+    state.pending.extend(drawn)
+    state.examples += len(plan.subs) * run.batches.batch_size
+    state.done = step + 1
+    return plan
+
+
+def flush_due(run: Run, state: LoopState) -> bool:
+    """Whether the step just done ends with a flush: every trainer.log_every steps, at epoch
+    ends and after the last step."""
+    return state.done % run.cfg.trainer.log_every == 0 or state.done % run.steps_per_epoch == 0 or state.done == run.total_steps
+
+
+def run_loop(run: Run) -> LoopState:
+    trainer = run.cfg.trainer
+    state = LoopState(done=run.start_step, examples=run.examples_before, saved_step=run.start_step if run.resumed else None)
     run.model.train()
-    watchdog = StallWatchdog(warn_stall, trainer.stall_factor, trainer.stall_seconds)
+    watchdog = stall_watchdog(run)
     progress = TrainProgress(run.console, run.total_steps, run.start_step, run.steps_per_epoch, trainer.log_every)
     with StopOnInterrupt() as stop, watchdog, progress:
-        for step in range(run.start_step, run.total_steps):
-            plan = plan_step(run, step)
-            watchdog.step_started(step + 1, lambda plan=plan: stall_advice(run, state, plan.subs))
-            drawn = train_step(run, plan)
-            watchdog.step_finished()
-            state.pending.extend(drawn)
-            state.examples += len(plan.subs) * run.batches.batch_size
-            state.done = step + 1
-
+        while state.done < run.total_steps:
+            advance(run, state, watchdog)
             epoch_end = state.done % run.steps_per_epoch == 0
-            at_flush = state.done % trainer.log_every == 0 or epoch_end or state.done == run.total_steps
+            at_flush = flush_due(run, state)
             # Ranks must agree on where to stop, so under torchrun they stop at a flush.
             stopping = (at_flush and any_rank(stop.requested, run.ranks, run.device)) if run.ranks.enabled else stop.requested
             if at_flush or stopping:
