@@ -97,8 +97,10 @@ def test_bench_runs_the_narrowest_width_on_avx2_kernels(model_name, tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     figures = {"train_speedup": report["train_speedup"], "grid_speedup": report["grid_speedup"],
                "sorted_over_full_epoch": report["sorted_over_full_epoch"],
-               **{f"channels_last_speedup at {w}": v["channels_last_speedup"] for w, v in report["memory_format"].items()}}
+               **{f"channels_last_speedup at {w}": v["channels_last_speedup"] for w, v in report["memory_format"].items()},
+               **{f"{side} images/s": v for side, v in report["train_images_per_second"].items()},
+               **{f"{side} epoch s": v for side, v in report["epoch_seconds_estimate"].items()}}
     assert set(report["memory_format"]) == {f"{width:g}"}  # the pool's one width is its widest and narrowest
-    assert len(figures) == 4 and all(math.isfinite(v) and v > 0 for v in figures.values()), figures
+    assert len(figures) == 8 and all(math.isfinite(v) and v > 0 for v in figures.values()), figures
     # shared and naive evaluation give the same grid on these kernels too
     assert report["grid_same_accuracy"] is True

@@ -206,7 +206,8 @@ class BenchConfig:
     pool: PoolConfig = MISSING
     data: Any = MISSING
     bench: BenchSettings = field(default_factory=BenchSettings)
-    # Unused here: composed so that a model family's choice of them (model/<family>.yaml) applies.
+    # The engine's side of the bench trains with them (engine/bench.py: one draw per step of
+    # bench.batch_size, at bench's seed); composed so that a model family's choice applies.
     optim: Any = None
     sched: Any = None
     trainer: Any = None

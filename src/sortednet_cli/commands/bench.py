@@ -9,6 +9,7 @@ from ..cli import hydra_command
 from ..jsonfiles import write_json
 from ..errors import UserError
 from ..models import family_named
+from ..engine.bench import run_bench
 from ..engine.runtime import select_device, set_threads
 from ..reports.console import make_console
 
@@ -22,6 +23,6 @@ def main(cfg: DictConfig) -> None:
     family = family_named(cfg.model.name)
     if family.bench is None:
         raise UserError(family.bench_hint or f"model={cfg.model.name} has no bench")
-    report = family.bench(cfg, device, console)  # it prints its own table
+    report = run_bench(cfg, device, console, run_dir, family.bench())  # it prints the table
     write_json(run_dir / "bench.json", report)
     console.print(f"wrote {run_dir / 'bench.json'}", highlight=False)

@@ -31,7 +31,8 @@ class ModelFamily:
     hf_auto_class: Optional[str] = None  # export writes Hugging Face directories this transformers class loads
     decodes: bool = False  # generate and bench-decode run it (a causal LM with exits)
     text: Optional[Callable[..., "TextProfile"]] = None  # (model cfg, read_pretrained) -> what a text task needs to know
-    bench: Optional[Callable[..., dict]] = None  # sortednet bench for it: (cfg, device, console) -> report
+    # sortednet bench for it: () -> its side of the bench (engine/bench.py's FamilyBench: the plain loop, its own comparisons)
+    bench: Optional[Callable[[], Any]] = None
     bench_hint: str = ""  # why there is no bench, and what to run instead
     flop_context: Callable[[nn.Module], Any] = field(default=lambda model: contextlib.nullcontext())
 

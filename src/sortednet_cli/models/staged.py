@@ -79,8 +79,8 @@ def check_image_size(family: str, image_size: int, stride: int) -> None:
                         f"so it takes images of at least {stride}x{stride} pixels")
 
 
-def image_bench(cfg, device, console) -> dict:
-    """The CNN families' `sortednet bench` (tasks/image/bench.py)."""
-    from ..tasks.image.bench import run_bench  # deferred: the bench imports the task layer
+def image_bench():
+    """The CNN families' side of `sortednet bench` (tasks/image/bench.py; engine/bench.py drives it)."""
+    from ..tasks.image.bench import ImageBench  # deferred: the bench imports the task layer
 
-    return run_bench(cfg, device, console)
+    return ImageBench()

@@ -133,10 +133,10 @@ def decoder_profile(cfg, read_pretrained: bool = True) -> TextProfile:
     return TextProfile(None, "byte_bpe", False, cfg.context)
 
 
-def _text_bench(cfg, device, console) -> dict:
-    from ..tasks.text.bench import run_text_bench  # deferred: the bench imports the task layer
+def _text_bench():
+    from ..tasks.text.bench import TextBench  # deferred: the bench imports the task layer
 
-    return run_text_bench(cfg, device, console)
+    return TextBench()
 
 
 def _flop_context(model):

@@ -90,12 +90,15 @@ class ImageFolderClassification(ImageClassification):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def train_files(self) -> folder.FileSet:
+        """The training split's files and labels (data.train_subset applied), before any decoding."""
+        train = self.layout.train
+        return train.first(self.cfg.train_subset) if self.cfg.train_subset else train
+
     @functools.cached_property
     def _splits(self):
-        layout = self.layout
-        train, val = layout.train, layout.val
-        if self.cfg.train_subset:
-            train = train.first(self.cfg.train_subset)
+        train, val = self.train_files, self.layout.val
         if self.cfg.val_subset:
             val = val.first(self.cfg.val_subset)
         mode, self.mode_line = folder.choose_mode(self.cfg, len(train) + len(val))
@@ -156,16 +159,10 @@ class ImageFolderClassification(ImageClassification):
             return folder.StreamTrainBatches(self.train, self.cfg.image_size, self.cfg.workers, batch_size, seed, self.cfg.augment, self.normalize)
         return TrainBatches(self.train, batch_size, seed, self.cfg.augment, self.normalize)
 
-    def _batches(self, data, batch_size: int) -> Iterator[Batch]:
+    def batches_of(self, data, batch_size: int) -> Iterator[Batch]:
         if isinstance(data, folder.FileSet):
             return folder.stream_eval_batches(data, self.cfg.image_size, self.cfg.workers, batch_size, self.normalize)
         return eval_batches(data, batch_size, self.normalize)
-
-    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
-        return self._batches(self.eval, batch_size)
-
-    def calib_batches(self, batch_size: int, count: int) -> Iterator[Batch]:
-        return self._batches(self.train.first(count), batch_size)
 
     def example_input(self, batch_size: int) -> torch.Tensor:
         size = self.cfg.image_size

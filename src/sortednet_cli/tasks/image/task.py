@@ -3,6 +3,7 @@ image folders (folder_task.py) build on it."""
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from enum import Enum
@@ -15,7 +16,7 @@ from ..base import Batch, Metric
 from ...sorted.distill import kl_soft_loss
 from ..registry import TASKS
 from ...errors import UserError
-from .data import CIFAR, Normalizer, TrainBatches, eval_batches, load_splits
+from .data import CIFAR, CIFAR10_MEAN, CIFAR10_STD, Normalizer, TrainBatches, eval_batches, load_splits
 
 ACCURACY = Metric("accuracy", higher_is_better=True, lower=0.0, upper=1.0)
 IMAGE_SHAPE = (3, 32, 32)
@@ -112,6 +113,20 @@ class ImageClassification:
             self.num_classes = model_classes(model_cfg) or 10
             self.normalize = Normalizer(device, channels_last)
 
+    @property
+    def stats(self) -> tuple[list[float], list[float]]:
+        """The per-channel normalisation, mean and std in [0, 1] units (CIFAR-10's for data=fake)."""
+        which = CIFAR.get(self.cfg.name)
+        return (list(which.mean), list(which.std)) if which else (list(CIFAR10_MEAN), list(CIFAR10_STD))
+
+    def in_memory_format(self, channels_last: bool) -> "ImageClassification":
+        """This task (the same images, read once) with batches and model in the other memory
+        format: the bench's channels_last against NCHW."""
+        other = copy.copy(self)
+        other.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        other.normalize = Normalizer(self.device, channels_last, *self.stats)
+        return other
+
     # The images are read on first use: describe and the FLOPs count need none.
     @functools.cached_property
     def _splits(self):
@@ -146,11 +161,15 @@ class ImageClassification:
     def train_batches(self, batch_size: int, seed: int) -> TrainBatches:
         return TrainBatches(self.train, batch_size, seed, self.cfg.augment, self.normalize)
 
+    def batches_of(self, data, batch_size: int) -> Iterator[Batch]:
+        """Un-augmented batches of `data` (a split, or its first images), in order."""
+        return eval_batches(data, batch_size, self.normalize)
+
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
-        return eval_batches(self.eval, batch_size, self.normalize)
+        return self.batches_of(self.eval, batch_size)
 
     def calib_batches(self, batch_size: int, count: int) -> Iterator[Batch]:
-        return eval_batches(self.train.first(count), batch_size, self.normalize)
+        return self.batches_of(self.train.first(count), batch_size)
 
     def calib_size(self, count: int) -> int:
         return min(count, len(self.train))

@@ -1,11 +1,13 @@
-"""sortednet bench for the encoder families (model=bert|roberta on GLUE), side by side in one
-process, alternating the two sides of each comparison and reporting medians:
+"""sortednet bench for the encoder families (model=bert|roberta on GLUE): the plain side and
+what is the encoders' own. The driver (engine/bench.py) runs, alternating the two sides of each
+comparison and reporting medians:
 
-1. training sequences/s: the project's loop (texts tokenized once, dynamic padding, the sorted
-   forward at the full sub-model) against the loop most users write (a DataLoader whose collate
-   tokenizes every batch, the plain `transformers` model with `labels=`), same model and size;
+1. training sequences/s at the full model: the engine's real training step (texts tokenized once,
+   dynamic padding, the sorted forward) against the loop most users write (a DataLoader whose
+   collate tokenizes every batch, the plain `transformers` model with `labels=`), same weights;
 2. the grid of the pool: shared (one forward per width gives every depth) against naive;
-3. a step of the all-exits update against a full-model step (what training every exit costs).
+3. (here) a step of the all-exits update against a full-model step, both the engine's: what
+   training every exit costs.
 """
 
 from __future__ import annotations
@@ -16,38 +18,10 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from ...models import build_model
-from ...sorted.exits import AllExits
-from ...sorted.pool import pool_from_config
-from ...sorted.prefix_eval import METHODS
-from ...sorted.submodel import full_submodel
-from ...sorted.update import plain_loss, sorted_update
-from .. import build_task
-from ..image.bench import alternate, settings
-from .batches import ShuffledBatches, ordered_batches
+from ...sorted.pool import Pool
+from .batches import ordered_batches
 
-
-class ProjectTextLoop:
-    def __init__(self, model: nn.Module, task, batch_size: int, seed: int, all_exits: AllExits | None = None):
-        self.model = model.train()
-        self.task = task
-        self.batches = ShuffledBatches(task.train, batch_size, seed, task.pad_id, task.device)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-        self.full = full_submodel(model.depth_limits)
-        self.all_exits = all_exits
-        self.step = 0
-
-    def run(self, steps: int) -> None:
-        losses = []
-        for _ in range(steps):
-            epoch, index = divmod(self.step, len(self.batches))
-            inputs, labels = self.batches.get(epoch, index)
-            if self.all_exits is None:
-                losses += sorted_update(self.model, self.optimizer, [(self.full, inputs, labels)], 1, plain_loss(self.task.loss))
-            else:
-                losses += sorted_update(self.model, self.optimizer, [(self.full, inputs, labels)], 1, self.all_exits.loss, forward=self.all_exits.forward)
-            self.step += 1
-        torch.stack([loss.mean() for loss in losses]).sum().item()
+GRID_BATCH = 100
 
 
 class PlainTextLoop:
@@ -70,8 +44,11 @@ class PlainTextLoop:
         self.loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate, generator=generator)
         self.iterator = iter(self.loader)
         self.model = hf_model.train()
-        self.optimizer = torch.optim.AdamW(hf_model.parameters(), lr=1e-4, foreach=True)  # the same optimizer on both sides
+        self.optimizer = torch.optim.AdamW(hf_model.parameters(), lr=1e-4, foreach=True)
         self.device = task.device
+
+    def close(self) -> None:
+        self.iterator = None
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
@@ -87,68 +64,70 @@ class PlainTextLoop:
             loss.item()
 
 
-def run_text_bench(cfg, device: torch.device, console) -> dict:
-    task = build_task(cfg.data, cfg.model, device)
-    s = settings(cfg)
-    fields = task.model_fields()
-    torch.manual_seed(cfg.seed)
-    template = build_model(cfg.model, fields)
-    pool = pool_from_config(cfg.pool, template.depth_limits)
+def compare_all_exits(ctx, engine) -> dict:
+    """The engine's step with trainer.objective=all_exits (every exit of the pool at the full
+    width, one forward) against its step at the full model alone."""
+    full = ctx.one_pool("full", 1.0)
+    steps = ctx.settings["steps"]
+    with ctx.engine_loop(full, all_exits=ctx.pool) as exits_loop, ctx.engine_loop(full) as full_loop:
+        times = ctx.alternate({"all_exits": lambda: exits_loop.steps(steps), "full": lambda: full_loop.steps(steps)})
+    return {"all_exits_step_over_full": times["all_exits"]["median_s"] / times["full"]["median_s"]}
 
-    def fresh() -> nn.Module:
-        model = build_model(cfg.model, fields)
-        model.load_state_dict(template.state_dict())
-        return model.to(device)
 
-    batch = min(s["batch_size"], len(task.train))
-    console.print(f"bench on {device} ({torch.get_num_threads()} threads), {task.describe()}, batch {batch}, {cfg.model.name} "
-                  f"{template.config.num_hidden_layers}x{template.config.hidden_size}", highlight=False)
+class TextBench:
+    """The encoder families' bench (ModelFamily.bench); engine/bench.py's FamilyBench."""
 
-    console.print("1/3 training throughput at the full model: project loop vs plain DataLoader + transformers loop ...")
-    project = ProjectTextLoop(fresh(), task, batch, cfg.seed)
-    plain = PlainTextLoop(fresh().hf, task, batch, cfg.seed)
-    train_times = alternate({"project": lambda: project.run(s["steps"]), "reference": lambda: plain.run(s["steps"])}, s["rounds"], device)
-    throughput = {name: s["steps"] * batch / t["median_s"] for name, t in train_times.items()}
+    def check(self, cfg) -> None:
+        pass  # build_task refuses data the encoder families do not pair with
 
-    console.print(f"2/3 grid evaluation of pool={pool.name} ({len(pool)} sub-models): shared vs naive ...")
-    model = project.model.eval()
-    eval_rows = torch.arange(min(s["eval_examples"], len(task.eval)))
-    results = {}
+    def header(self, ctx) -> str:
+        config = ctx.template.config
+        return (f"bench on {ctx.device} ({torch.get_num_threads()} threads), {ctx.task.describe()}, batch {ctx.batch_size}, "
+                f"{ctx.cfg.model.name} {config.num_hidden_layers}x{config.hidden_size}")
 
-    def grid(method):
-        def run():
-            results[method] = METHODS[method](model, pool, lambda: ordered_batches(task.eval, 100, task.pad_id, device, len(eval_rows)),
-                                              lambda: iter(()), False, task.meter)
-        return run
+    def train_title(self, ctx) -> str:
+        return "training throughput at the full model: the engine's training step vs plain DataLoader + transformers loop"
 
-    grid_times = alternate({"shared": grid("shared"), "naive": grid("naive")}, s["grid_rounds"], device, warm_up=False)
-    same = max(abs(results["shared"][sub] - results["naive"][sub]) for sub in pool) < 1e-9
+    def train_pool(self, ctx) -> Pool:
+        return ctx.one_pool("full", 1.0)
 
-    console.print(f"3/3 training step: all exits of pool={pool.name} at once vs the full model alone ...")
-    exits_loop = ProjectTextLoop(fresh(), task, batch, cfg.seed, AllExits(pool, task.loss))
-    full_loop = ProjectTextLoop(fresh(), task, batch, cfg.seed)
-    step_times = alternate({"all_exits": lambda: exits_loop.run(s["steps"]), "full": lambda: full_loop.run(s["steps"])}, s["rounds"], device)
+    def plain(self, ctx, pool: Pool) -> PlainTextLoop:
+        return PlainTextLoop(ctx.fresh_model().hf, ctx.task, ctx.batch_size, ctx.cfg.seed)
 
-    return {
-        "kind": "text",
-        "device": str(device),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "model": {"name": cfg.model.name, "layers": template.config.num_hidden_layers, "hidden": template.config.hidden_size},
-        "batch_size": batch,
-        "settings": s,
-        "train_sequences_per_second": throughput,
-        "train_speedup": throughput["project"] / throughput["reference"],
-        "grid_seconds": {name: t["median_s"] for name, t in grid_times.items()},
-        "grid_speedup": grid_times["naive"]["median_s"] / grid_times["shared"]["median_s"],
-        "grid_same_metric": same,
-        "grid_pool": pool.name,
-        "grid_examples": len(eval_rows),
-        "all_exits_step_over_full": step_times["all_exits"]["median_s"] / step_times["full"]["median_s"],
-    }
-    print_text_report(report, console)
-    return report
+    def grid_title(self, ctx) -> str:
+        return f"grid evaluation of pool={ctx.pool.name} ({len(ctx.pool)} sub-models): shared vs naive"
+
+    def grid_batches(self, ctx):
+        task = ctx.task
+        count = min(ctx.settings["eval_examples"], len(task.eval))
+        return (lambda: ordered_batches(task.eval, GRID_BATCH, task.pad_id, ctx.device, count)), (lambda: iter(())), {"examples": count}
+
+    def extras(self, ctx):
+        return [(f"training step: all exits of pool={ctx.pool.name} at once vs the full model alone", compare_all_exits)]
+
+    def report(self, ctx, figures: dict) -> dict:
+        config, throughput, grid = ctx.template.config, figures["throughput"], figures["grid"]
+        return {
+            "kind": "text",
+            "device": str(ctx.device),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "model": {"name": ctx.cfg.model.name, "layers": config.num_hidden_layers, "hidden": config.hidden_size},
+            "batch_size": ctx.batch_size,
+            "settings": ctx.settings,
+            "train_sequences_per_second": throughput,
+            "train_speedup": throughput["project"] / throughput["reference"],
+            "grid_seconds": {name: t["median_s"] for name, t in grid.items()},
+            "grid_speedup": grid["naive"]["median_s"] / grid["shared"]["median_s"],
+            "grid_same_metric": figures["grid_same"],
+            "grid_pool": ctx.pool.name,
+            "grid_examples": figures["grid_sizes"]["examples"],
+            "all_exits_step_over_full": figures["all_exits_step_over_full"],
+        }
+
+    def print_report(self, report: dict, console) -> None:
+        print_text_report(report, console)
 
 
 def print_text_report(report: dict, console) -> None:
