@@ -224,84 +224,127 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     ranks = from_environment()
     # Under torchrun only rank 0 prints and writes (and claims the run directory); every rank trains.
     console = (console or make_console()) if ranks.is_main else Console(file=io.StringIO())
-    run_dir = Path(run_dir)
-    checkpoint = None
+    cfg, run_dir, checkpoint = open_run(cfg, Path(run_dir), overrides, ranks, console, claims)
+    trainer = cfg.trainer
+    device = start_device(trainer, ranks)
+    task, model = build_task_and_model(cfg, device, checkpoint)
+    pool = pool_from_config(cfg.pool, model.depth_limits)
+    batches = task.train_batches(trainer.batch_size, trainer.seed)
+    example = task.example_input(1)
+    sampler = build_sampler(cfg.sampler, pool, trainer.seed, cost=lambda sub: mflops_per_example(model, sub, example))
+    steps_per_epoch, total_steps = count_steps(trainer, len(batches))
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
+    start_step, elapsed_before, examples_before = restore_training_state(checkpoint, model, optimizer, scheduler, device)
+    config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    logger = build_logger(cfg.logger, run_dir, config_dict, resume_step=start_step if checkpoint else None) if ranks.is_main else NullLogger()
+    run = Run(
+        cfg=cfg, run_dir=run_dir, ranks=ranks, device=device, console=console,
+        task=task, model=model, pool=pool, sampler=sampler, batches=batches,
+        optimizer=optimizer, scheduler=scheduler, logger=logger, autocast=autocast_for(device, trainer.amp),
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        start_step=start_step, elapsed_before=elapsed_before, examples_before=examples_before, resumed=checkpoint is not None,
+        all_exits=AllExits(pool, task.loss) if trainer.objective.value == "all_exits" else None,
+    )
+    announce(run)
+    if trainer.distill.value == "inplace":
+        check_distillation_teacher(run)
+    return run
+
+
+def open_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], ranks: Distributed, console: Console,
+             claims: contextlib.ExitStack) -> tuple[DictConfig, Path, Optional[dict]]:
+    """The run's config, directory and checkpoint (None for a new run). A resumed run continues
+    in its checkpoint's directory, with the checkpoint's config and the command line's
+    runtime-only overrides on top. Rank 0 claims the directory before anything is read or
+    written there: a run still going is refused here."""
+    checkpoint_path = None
     if cfg.resume:
         checkpoint_path = resolve_checkpoint(cfg.resume)
         run_dir = checkpoint_path.parent
-    if ranks.is_main:  # before anything is read or written: a run still going is refused here
+    if ranks.is_main:
         claims.enter_context(claimed(run_dir))
-    if cfg.resume:
-        checkpoint = load_checkpoint(checkpoint_path)
-        cfg = config_for_resume(checkpoint, cfg, overrides)
-        console.print(f"resuming {run_dir} at step {checkpoint['step']}")
+    if checkpoint_path is None:
+        return cfg, run_dir, None
+    checkpoint = load_checkpoint(checkpoint_path)
+    cfg = config_for_resume(checkpoint, cfg, overrides)
+    console.print(f"resuming {run_dir} at step {checkpoint['step']}")
+    return cfg, run_dir, checkpoint
 
-    trainer = cfg.trainer
+
+def start_device(trainer, ranks: Distributed) -> torch.device:
+    """The trainer settings checked, then this rank's device, its process group and threads."""
     validate_trainer(trainer)
     if trainer.batch_size % ranks.world_size:
         raise UserError(f"trainer.batch_size={trainer.batch_size} (the global batch) must divide evenly over {ranks.world_size} ranks")
     device = rank_device(select_device(trainer.device.value), ranks)
     init_process_group(ranks, device)
     configure_backend(device, trainer.threads)
+    return device
 
-    # A resumed run rebuilds its task from the checkpoint (a trained tokenizer is kept there).
+
+def build_task_and_model(cfg: DictConfig, device: torch.device, checkpoint: Optional[dict]) -> tuple[Task, nn.Module]:
+    """The task, then the network it decides (its class count, a text task's vocabulary) on the
+    device in the task's memory format. A resumed run rebuilds both from the checkpoint: the
+    task from its state (a trained tokenizer is kept there), the network from its `arch`
+    (pretrained weights are not fetched again)."""
     task = build_task(cfg.data, cfg.model, device, state=checkpoint.get("task") if checkpoint else None)
     check_grid_settings(cfg.eval, cfg.select, task.metric)  # fail now, not after hours of training
     fields = task.model_fields()  # a text task trains its tokenizer here
     task.state()  # a tokenizer a checkpoint cannot keep fails now, not at the first checkpoint
-    torch.manual_seed(trainer.seed)  # the initial weights
-    # Resuming rebuilds the network from the checkpoint (pretrained weights are not fetched again).
+    torch.manual_seed(cfg.trainer.seed)  # the initial weights
     model = build_from_arch(checkpoint["arch"]) if checkpoint else build_model(cfg.model, fields)
-    model = model.to(device=device, memory_format=task.memory_format)
-    pool = pool_from_config(cfg.pool, model.depth_limits)
-    batches = task.train_batches(trainer.batch_size, trainer.seed)
-    example = task.example_input(1)
-    sampler = build_sampler(cfg.sampler, pool, trainer.seed, cost=lambda sub: mflops_per_example(model, sub, example))
+    return task, model.to(device=device, memory_format=task.memory_format)
 
-    # Each step takes g mini-batches, or one shared by all g draws with accum_same_batch.
+
+def count_steps(trainer, batches_per_epoch: int) -> tuple[int, int]:
+    """Optimizer steps per epoch and in all. Each step takes g mini-batches, or one shared by all
+    g draws with accum_same_batch; trainer.max_steps caps the total."""
     g = trainer.grad_accum
-    steps_per_epoch = len(batches) if trainer.accum_same_batch else math.ceil(len(batches) / g)
+    steps_per_epoch = batches_per_epoch if trainer.accum_same_batch else math.ceil(batches_per_epoch / g)
     total_steps = trainer.epochs * steps_per_epoch
     if trainer.max_steps is not None:
         total_steps = min(total_steps, trainer.max_steps)
-    optimizer = build_optimizer(cfg.optim, model)
-    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
-    start_step, elapsed_before, examples_before = 0, 0.0, 0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if "cuda" in checkpoint["rng"] and device.type == "cuda":  # dropout on the GPU continues exactly
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        # Checkpoints of earlier versions count the examples under "images".
-        start_step, elapsed_before, examples_before = checkpoint["step"], checkpoint["elapsed_s"], checkpoint.get("examples", checkpoint.get("images", 0))
+    return steps_per_epoch, total_steps
 
-    config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    logger = build_logger(cfg.logger, run_dir, config_dict, resume_step=start_step if checkpoint else None) if ranks.is_main else NullLogger()
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda" and trainer.amp
-        else contextlib.nullcontext
-    )
-    console.print(
-        f"training {cfg.model.name} on {task.describe()}, "
-        f"pool {pool.name} ({len(pool)} sub-models), sampler {sampler.name}"
-        + (" (every exit of the drawn width)" if trainer.objective.value == "all_exits" else "")
-        + f", grad_accum {g}, "
-        f"{trainer.epochs} epochs x {steps_per_epoch} steps on {device}"
-        + (f" x {ranks.world_size} ranks" if ranks.enabled else "")
-        + (f", at most {total_steps} steps" if trainer.max_steps is not None else "")
-        + f"; run dir {run_dir}",
+
+def restore_training_state(checkpoint: Optional[dict], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                           device: torch.device) -> tuple[int, float, int]:
+    """A resumed run's weights, optimizer, schedule and random state put back; returns the step
+    it continues from, the seconds and the training examples before it (0s for a new run)."""
+    if checkpoint is None:
+        return 0, 0.0, 0
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if "cuda" in checkpoint["rng"] and device.type == "cuda":  # dropout on the GPU continues exactly
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    # Checkpoints of earlier versions count the examples under "images".
+    return checkpoint["step"], checkpoint["elapsed_s"], checkpoint.get("examples", checkpoint.get("images", 0))
+
+
+def autocast_for(device: torch.device, amp: bool) -> Callable[[], ContextManager]:
+    """bf16 autocast on CUDA with trainer.amp; elsewhere nothing."""
+    if device.type == "cuda" and amp:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def announce(run: Run) -> None:
+    """The console's one line on what is about to train."""
+    trainer = run.cfg.trainer
+    run.console.print(
+        f"training {run.cfg.model.name} on {run.task.describe()}, "
+        f"pool {run.pool.name} ({len(run.pool)} sub-models), sampler {run.sampler.name}"
+        + (" (every exit of the drawn width)" if run.all_exits is not None else "")
+        + f", grad_accum {trainer.grad_accum}, "
+        f"{trainer.epochs} epochs x {run.steps_per_epoch} steps on {run.device}"
+        + (f" x {run.ranks.world_size} ranks" if run.ranks.enabled else "")
+        + (f", at most {run.total_steps} steps" if trainer.max_steps is not None else "")
+        + f"; run dir {run.run_dir}",
         highlight=False,
     )
-    all_exits = AllExits(pool, task.loss) if trainer.objective.value == "all_exits" else None
-    run = Run(cfg, run_dir, ranks, device, console, task, model, pool, sampler, batches, optimizer, scheduler,
-              logger, autocast, steps_per_epoch, total_steps, start_step, elapsed_before, examples_before,
-              resumed=checkpoint is not None, all_exits=all_exits)
-    if trainer.distill.value == "inplace":
-        check_distillation_teacher(run)
-    return run
 
 
 # --- the loop -------------------------------------------------------------------------------
