@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..sorted.submodel import scaled
 from .layers import Norm, SlicedConv2d, make_norm
 from .registry import ModelFamily, register_family
-from .staged import StagedNetwork, check_image_size, head_classes, image_bench
+from .staged import ResidualUnits, StagedNetwork, check_image_size, head_classes, image_bench
 
 EXPANSION = 4
 FULL_STEM = 16
@@ -55,7 +54,7 @@ class CPreResNetConfig:
     gn_groups: int = 8  # norm=gn: gcd(channels, gn_groups) groups
 
 
-class PreResNet(StagedNetwork):
+class PreResNet(ResidualUnits, StagedNetwork):
     def __init__(
         self,
         stem: int = FULL_STEM,
@@ -100,19 +99,6 @@ class PreResNet(StagedNetwork):
             elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 0.5)
                 nn.init.zeros_(m.bias)
-
-    def units(self, width: float) -> dict:
-        """Channel counts of every layer group at `width`."""
-        a = self.arch
-        return {
-            "stem": scaled(a["stem"], width),
-            "planes": [scaled(p, width) for p in a["planes"]],
-            "outs": [scaled(o, width) for o in a["outs"]],
-        }
-
-    def unit_summary(self, width: float) -> str:
-        """Bottleneck planes per stage at `width`, e.g. '16-32-64'."""
-        return "-".join(str(p) for p in self.units(width)["planes"])
 
     def run_stem(self, x: torch.Tensor, width: float) -> torch.Tensor:
         return self.stem(x, self.units(width)["stem"])

@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..sorted.submodel import SubModel, scaled
+from ..sorted.submodel import SubModel
 from .layers import SlicedBatchNorm2d, SlicedConv2d, SlicedLinear
 from .registry import ModelFamily, register_family
-from .staged import StagedNetwork, check_image_size, head_classes, image_bench
+from .staged import ResidualUnits, StagedNetwork, check_image_size, head_classes, image_bench
 
 FULL_STEM = 64
 FULL_PLANES = (64, 128, 256, 512)
@@ -130,7 +130,7 @@ class ResNet50Config(ResNet18Config):
     name: str = "resnet50"
 
 
-class ResNet(StagedNetwork):
+class ResNet(ResidualUnits, StagedNetwork):
     def __init__(
         self,
         name: str = "resnet18",
@@ -189,19 +189,6 @@ class ResNet(StagedNetwork):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def units(self, width: float) -> dict:
-        """Channel counts of every layer group at `width`."""
-        a = self.arch
-        return {
-            "stem": scaled(a["stem"], width),
-            "planes": [scaled(p, width) for p in a["planes"]],
-            "outs": [scaled(o, width) for o in a["outs"]],
-        }
-
-    def unit_summary(self, width: float) -> str:
-        """Planes per stage at `width`, e.g. '64-128-256-512'."""
-        return "-".join(str(p) for p in self.units(width)["planes"])
 
     def run_stem(self, x: torch.Tensor, width: float) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x, self.units(width)["stem"])))

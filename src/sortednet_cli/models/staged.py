@@ -9,9 +9,26 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..sorted.submodel import SubModel
+from ..sorted.submodel import SubModel, scaled
 from .layers import SlicedBatchNorm2d
 from .registry import build_from_arch
+
+
+class ResidualUnits:
+    """Channel counts of a residual network whose arch names a stem width and, per stage, the
+    blocks' planes and outputs (cPreResNet, ResNet): every count scaled by the width."""
+
+    def units(self, width: float) -> dict:
+        a = self.arch
+        return {
+            "stem": scaled(a["stem"], width),
+            "planes": [scaled(p, width) for p in a["planes"]],
+            "outs": [scaled(o, width) for o in a["outs"]],
+        }
+
+    def unit_summary(self, width: float) -> str:
+        """Planes per stage at `width`, e.g. '16-32-64'."""
+        return "-".join(str(p) for p in self.units(width)["planes"])
 
 
 class StagedNetwork(nn.Module):

@@ -28,7 +28,9 @@ class EvalSplit(str, Enum):
 
 
 @dataclass
-class ImageDataConfig:
+class TorchvisionImagesConfig:
+    """What the CIFAR readers share: torchvision's files, the splits, augmentation, memory format."""
+
     name: str = "cifar10"
     root: str = "data"  # the folder holding torchvision's files (conf/data/: or $SORTEDNET_DATA)
     download: bool = False
@@ -39,23 +41,18 @@ class ImageDataConfig:
     eval_split: EvalSplit = EvalSplit.test  # what every evaluation measures
     augment: bool = True  # random crop (padding 4) + horizontal flip
     channels_last: bool = True  # the memory format of images and model: a runtime choice (may change on resume)
+
+
+@dataclass
+class ImageDataConfig(TorchvisionImagesConfig):
     # data=fake only: how many synthetic images to make.
     fake_train_size: int = 2048
     fake_test_size: int = 512
 
 
 @dataclass
-class Cifar100Config:
+class Cifar100Config(TorchvisionImagesConfig):
     name: str = "cifar100"
-    root: str = "data"  # the folder holding torchvision's files (conf/data/: or $SORTEDNET_DATA)
-    download: bool = False
-    verify: bool = True  # false skips torchvision's md5 check (rebuilt copies)
-    train_subset: int = 0  # the first N training images, 0 = all
-    test_subset: int = 0  # the first N test images, 0 = all
-    val_size: int = 0  # hold out the last N training images as a validation split
-    eval_split: EvalSplit = EvalSplit.test  # what every evaluation measures
-    augment: bool = True  # random crop (padding 4) + horizontal flip
-    channels_last: bool = True  # the memory format of images and model: a runtime choice (may change on resume)
 
 
 def model_classes(model_cfg) -> Optional[int]:
