@@ -70,8 +70,10 @@ def test_full_sub_model_equals_torchvision_with_the_same_weights(name, stem_type
     reference.eval()
     with torch.no_grad():
         expected = reference(X)
-        torch.testing.assert_close(model(X, SubModel(1.0, SPECS[name][1])), expected, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=1e-5)
+        # Float32 over 50 layers, with kernels that vary by thread count: 1e-5 of the largest logit.
+        atol = 1e-5 * expected.abs().max().item()
+        torch.testing.assert_close(model(X, SubModel(1.0, SPECS[name][1])), expected, rtol=1e-4, atol=atol)
+        torch.testing.assert_close(model(X), expected, rtol=1e-4, atol=atol)
 
 
 def narrow_subs(name: str) -> list[SubModel]:
