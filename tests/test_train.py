@@ -187,12 +187,12 @@ def test_tiny_real_cifar10_run_beats_chance(tmp_run, cifar10_root):
         "data=cifar10",
         f"data.root={cifar10_root}",
         "data.verify=false",
-        "data.train_subset=2560",
+        "data.train_subset=1280",
         "data.val_size=1000",
         "data.eval_split=val",
         "pool=full",
         "trainer.epochs=2",
-        "trainer.batch_size=128",
+        "trainer.batch_size=32",  # 80 steps on 1,280 images: 27.6% measured here (chance is 10%)
         "optim.lr=0.05",
     )
     assert result.summary["quick_eval"][0]["accuracy"] > 0.2
