@@ -70,7 +70,8 @@ def test_bench_writes_every_ratio_and_times_the_engines_own_step(tmp_path, capsy
     # every engine side ran its warm-up and one timed round of one step, each through the loop's
     # own train_step, and each segment ended with a flush of its losses
     assert calls["train_step"] == ENGINE_SIDES * 2 and calls["flush"] >= ENGINE_SIDES * 2
-    for row in ("1. training images/s", "2. grid eval", "3. epoch time", "4. training step at w=1"):
+    assert report["pool"] == "160"
+    for row in ("1. training images/s, pool=160", "2. grid eval of pool=160", "3. epoch time", "4. training step at w=1"):
         assert row in out
     assert "1/4 training throughput" in out and "4/4 training step by memory format" in out
 
@@ -128,6 +129,8 @@ def test_bench_on_an_image_folder_against_torchvisions_image_folder(tmp_path, ca
     assert (folder["train_images"], folder["eval_images"], folder["classes"], folder["image_size"]) == (48, 12, 3, 16)
     assert folder["reference"] == "torchvision.datasets.ImageFolder + DataLoader"
     assert "plain ImageFolder loop" in out and f"({folder['mode']})" in out
+    # the rows name the pool the bench ran, not the default's
+    assert report["pool"] == "tiny" and "1. training images/s, pool=tiny" in out and "pool=160" not in out
 
 
 def test_the_plain_image_folder_reads_the_tasks_training_files_at_its_size(tmp_path):

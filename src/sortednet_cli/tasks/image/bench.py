@@ -124,7 +124,7 @@ def compare_epochs(ctx, engine) -> dict:
     engine's step: the cost of an epoch."""
     steps = ctx.settings["steps"]
     with ctx.engine_loop(ctx.one_pool("full", 1.0)) as full:
-        times = ctx.alternate({"pool160": lambda: engine.steps(steps), "full": lambda: full.steps(steps)})
+        times = ctx.alternate({"pool": lambda: engine.steps(steps), "full": lambda: full.steps(steps)})
     return {"epoch": times, "steps_per_epoch": engine.steps_per_epoch}
 
 
@@ -159,7 +159,7 @@ class ImageBench:
 
     def train_title(self, ctx) -> str:
         plain = "plain ImageFolder + DataLoader loop" if self.folder(ctx) else "plain DataLoader loop"
-        return f"training throughput, pool=160: the engine's training step vs {plain}"
+        return f"training throughput, pool={ctx.cfg.pool.name}: the engine's training step vs {plain}"
 
     def folder(self, ctx) -> bool:
         return isinstance(ctx.task, ImageFolderClassification)
@@ -176,7 +176,7 @@ class ImageBench:
         return ReferenceLoop(ctx.fresh_model(), Sampler(pool, ctx.cfg.seed), dataset, ctx.batch_size, ctx.settings["workers"], ctx.device)
 
     def grid_title(self, ctx) -> str:
-        return "grid evaluation of pool=160 with BN recalibration: shared vs naive"
+        return f"grid evaluation of pool={ctx.cfg.pool.name} with BN recalibration: shared vs naive"
 
     def grid_batches(self, ctx):
         task, s = ctx.task, ctx.settings
@@ -184,7 +184,7 @@ class ImageBench:
         return (lambda: task.batches_of(eval_set, GRID_BATCH)), (lambda: task.batches_of(calib_set, GRID_BATCH)), {"eval": len(eval_set), "calib": len(calib_set)}
 
     def extras(self, ctx):
-        return [("epoch cost: pool=160 vs the full model alone", compare_epochs),
+        return [(f"epoch cost: pool={ctx.cfg.pool.name} vs the full model alone", compare_epochs),
                 ("training step by memory format: channels_last vs NCHW, widest and narrowest width", compare_memory_formats)]
 
     def report(self, ctx, figures: dict) -> dict:
@@ -209,12 +209,13 @@ def image_report(ctx, figures: dict) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "data": ctx.cfg.data.name,
+        "pool": ctx.cfg.pool.name,
         "settings": s,
         "train_images_per_second": throughput,
         "train_speedup": throughput["project"] / throughput["reference"],
         "train_peak_mib": {k: v["peak_mib"] for k, v in figures["train"].items()},
         "epoch_seconds_estimate": {k: v["median_s"] / s["steps"] * figures["steps_per_epoch"] for k, v in epoch.items()},
-        "sorted_over_full_epoch": epoch["pool160"]["median_s"] / epoch["full"]["median_s"],
+        "sorted_over_full_epoch": epoch["pool"]["median_s"] / epoch["full"]["median_s"],
         "epoch_peak_mib": {k: v["peak_mib"] for k, v in epoch.items()},
         "grid_seconds": {k: v["median_s"] for k, v in figures["grid"].items()},
         "grid_speedup": figures["grid"]["naive"]["median_s"] / figures["grid"]["shared"]["median_s"],
@@ -239,13 +240,14 @@ def print_image_report(report: dict, console) -> None:
     folder = report.get("image_folder")
     plain = "plain ImageFolder loop" if folder else "plain loop"
     ours = f" ({folder['mode']})" if folder else ""
-    table.add_row("1. training images/s, pool=160", f"{ips['project']:.0f}{ours} (peak {peak['project'] or 0:.0f} MiB)",
+    pool = f"pool={report['pool']}"
+    table.add_row(f"1. training images/s, {pool}", f"{ips['project']:.0f}{ours} (peak {peak['project'] or 0:.0f} MiB)",
                   f"{ips['reference']:.0f} {plain} (peak {peak['reference'] or 0:.0f} MiB)", f"{report['train_speedup']:.2f}x", TARGETS["train_speedup"])
     grid = report["grid_seconds"]
-    table.add_row("2. grid eval of pool=160 (s)", f"{grid['shared']:.1f} shared", f"{grid['naive']:.1f} naive",
+    table.add_row(f"2. grid eval of {pool} (s)", f"{grid['shared']:.1f} shared", f"{grid['naive']:.1f} naive",
                   f"{report['grid_speedup']:.2f}x, same accuracy: {report['grid_same_accuracy']}", TARGETS["grid_speedup"])
     epoch, epeak = report["epoch_seconds_estimate"], report["epoch_peak_mib"]
-    table.add_row("3. epoch time (s)", f"{epoch['pool160']:.1f} pool=160 (peak {epeak['pool160'] or 0:.0f} MiB)",
+    table.add_row("3. epoch time (s)", f"{epoch['pool']:.1f} {pool} (peak {epeak['pool'] or 0:.0f} MiB)",
                   f"{epoch['full']:.1f} full model (peak {epeak['full'] or 0:.0f} MiB)", f"{report['sorted_over_full_epoch']:.2f}", TARGETS["sorted_over_full_epoch"])
     for width, step in report["memory_format"].items():
         table.add_row(f"4. training step at w={width} (ms)", f"{1000 * step['channels_last_step_s']:.0f} channels_last",
