@@ -42,6 +42,7 @@ class Layout:
     auto_class = ""  # the transformers Auto class that loads an exported directory
     layers_path = ""  # dotted path from the library model to its ModuleList of layers
     ffn_key = "intermediate_size"
+    gated_ffn = False  # the FFN multiplies an activated gate with an up projection (two FFN-wide outputs)
 
     def layers(self, hf: nn.Module) -> nn.ModuleList:
         return operator.attrgetter(self.layers_path)(hf)
@@ -132,6 +133,7 @@ class RotaryDecoder(DecoderLayout):
 
     model_types = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma2", "phi3")
     layers_path = "model.layers"
+    gated_ffn = True  # gate_proj and up_proj (Phi-3: fused as gate_up_proj)
 
     def heads_cuttable(self, hf: nn.Module) -> bool:
         attention = self.layers(hf)[0].self_attn

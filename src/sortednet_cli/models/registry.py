@@ -35,6 +35,9 @@ class ModelFamily:
     bench: Optional[Callable[[], Any]] = None
     bench_hint: str = ""  # why there is no bench, and what to run instead
     flop_context: Callable[[nn.Module], Any] = field(default=lambda model: contextlib.nullcontext())
+    # (model cfg, **task.model_fields_without_data()) -> models.cost.TransformerShape: the sizes
+    # describe's memory estimate (engine/memory.py) takes, from the config alone; None: no estimate
+    memory_shape: Optional[Callable[..., Any]] = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Optional
 from torch import nn
 
 from ..errors import UserError
+from .cost import TransformerShape
 from .hf_layouts import EncoderLayout, layout_for
 from .registry import ModelFamily, TextProfile, register_family
 from .transformer import SortedDecoder, SortedEncoder, check_pretrained, library_model, load_pretrained, rebuild
@@ -81,16 +82,32 @@ def _pretrained(cfg, causal: bool, vocab_size: int, **overrides) -> nn.Module:
     return hf
 
 
+def _encoder_scratch_config(cfg, vocab_size: int, num_labels: int, pad_token_id: int, problem_type: str):
+    _check_sizes(cfg, ENCODER_SIZES)
+    arch = scratch_arch(cfg)
+    sizes = {"vocab_size": vocab_size, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "ffn": cfg.ffn,
+             "max_length": cfg.max_length, "dropout": cfg.dropout, "pad_token_id": pad_token_id, "num_labels": num_labels,
+             "problem_type": problem_type}
+    return layout_for(arch, causal=False).scratch_config(arch, sizes)
+
+
+def _decoder_scratch_config(cfg, vocab_size: int, bos_token_id: Optional[int], eos_token_id: Optional[int]):
+    _check_sizes(cfg, DECODER_SIZES)
+    kv_heads = cfg.kv_heads or cfg.heads
+    if cfg.heads % kv_heads:
+        raise UserError(f"model.heads={cfg.heads} must be a multiple of model.kv_heads={kv_heads}")
+    arch = scratch_arch(cfg)
+    sizes = {"vocab_size": vocab_size, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "kv_heads": kv_heads,
+             "ffn": cfg.ffn, "context": cfg.context, "dropout": cfg.dropout, "rope_theta": cfg.rope_theta,
+             "bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
+    return layout_for(arch, causal=True).scratch_config(arch, sizes)
+
+
 def build_encoder(cfg, vocab_size: int, num_labels: int, pad_token_id: int, problem_type: str) -> SortedEncoder:
     if cfg.pretrained:
         hf = _pretrained(cfg, False, vocab_size, num_labels=num_labels, problem_type=problem_type)
     else:
-        _check_sizes(cfg, ENCODER_SIZES)
-        arch = scratch_arch(cfg)
-        sizes = {"vocab_size": vocab_size, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "ffn": cfg.ffn,
-                 "max_length": cfg.max_length, "dropout": cfg.dropout, "pad_token_id": pad_token_id, "num_labels": num_labels,
-                 "problem_type": problem_type}
-        hf = library_model(layout_for(arch, causal=False).scratch_config(arch, sizes), causal=False)
+        hf = library_model(_encoder_scratch_config(cfg, vocab_size, num_labels, pad_token_id, problem_type), causal=False)
     return SortedEncoder(hf, cfg.sort_heads)
 
 
@@ -98,16 +115,33 @@ def build_decoder(cfg, vocab_size: int, bos_token_id: Optional[int] = None, eos_
     if cfg.pretrained:
         hf = _pretrained(cfg, True, vocab_size)
     else:
-        _check_sizes(cfg, DECODER_SIZES)
-        kv_heads = cfg.kv_heads or cfg.heads
-        if cfg.heads % kv_heads:
-            raise UserError(f"model.heads={cfg.heads} must be a multiple of model.kv_heads={kv_heads}")
-        arch = scratch_arch(cfg)
-        sizes = {"vocab_size": vocab_size, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "kv_heads": kv_heads,
-                 "ffn": cfg.ffn, "context": cfg.context, "dropout": cfg.dropout, "rope_theta": cfg.rope_theta,
-                 "bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
-        hf = library_model(layout_for(arch, causal=True).scratch_config(arch, sizes), causal=True)
+        hf = library_model(_decoder_scratch_config(cfg, vocab_size, bos_token_id, eos_token_id), causal=True)
     return SortedDecoder(hf, cfg.sort_heads)
+
+
+def _shape_on_meta(config, sorted_class) -> TransformerShape:
+    """The sizes of the full model of a library config, the model built on the meta device:
+    parameter counts exact for every layout, no memory allocated, no weights read."""
+    import torch
+
+    with torch.device("meta"):
+        return sorted_class(library_model(config, sorted_class.causal), sort_heads=False).shape()
+
+
+def encoder_memory_shape(cfg, vocab_size: int, num_labels: int, pad_token_id: int, problem_type: str) -> TransformerShape:
+    """With model.pretrained, its config.json (the label count set as the build sets it)."""
+    if cfg.pretrained:
+        config = check_pretrained(cfg.pretrained, causal=False)
+        config.num_labels, config.problem_type = num_labels, problem_type
+    else:
+        config = _encoder_scratch_config(cfg, vocab_size, num_labels, pad_token_id, problem_type)
+    return _shape_on_meta(config, SortedEncoder)
+
+
+def decoder_memory_shape(cfg, vocab_size: int, bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> TransformerShape:
+    """With model.pretrained, its config.json alone (the vocabulary its embeddings hold)."""
+    config = check_pretrained(cfg.pretrained, causal=True) if cfg.pretrained else _decoder_scratch_config(cfg, vocab_size, bos_token_id, eos_token_id)
+    return _shape_on_meta(config, SortedDecoder)
 
 
 def encoder_profile(cfg, read_pretrained: bool = True) -> TextProfile:
@@ -146,11 +180,11 @@ def _flop_context(model):
 register_family(ModelFamily(
     "encoder", EncoderConfig, build_encoder, {"encoder": rebuild(causal=False), "bert": rebuild(causal=False), "roberta": rebuild(causal=False)},
     frozenset({"sequence_classification"}), aliases=("bert", "roberta"), hf_auto_class="AutoModelForSequenceClassification",
-    text=encoder_profile, bench=_text_bench, flop_context=_flop_context,
+    text=encoder_profile, bench=_text_bench, flop_context=_flop_context, memory_shape=encoder_memory_shape,
 ))
 register_family(ModelFamily(
     "decoder", DecoderConfig, build_decoder, {"decoder": rebuild(causal=True), "llama": rebuild(causal=True)},
     frozenset({"language_modeling"}), aliases=("llama",), hf_auto_class="AutoModelForCausalLM", decodes=True, text=decoder_profile,
     bench_hint="bench measures training and the grid of classifiers; for a decoder use sortednet bench-decode checkpoint=<run>",
-    flop_context=_flop_context,
+    flop_context=_flop_context, memory_shape=decoder_memory_shape,
 ))

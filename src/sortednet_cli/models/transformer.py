@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import UserError
 from ..sorted.submodel import SubModel, scaled
 from . import hf_compat
+from .cost import TransformerShape
 from .hf_layouts import DecoderLayout, EncoderLayout, layout_for, layout_kind
 
 
@@ -114,6 +115,18 @@ class SortedTransformer(nn.Module):
 
     def recalibrated_norms(self) -> list[nn.Module]:
         return []
+
+    def shape(self) -> TransformerShape:
+        """The full model's sizes for a memory estimate (exact parameter counts: works on a
+        model built on the meta device, which allocates nothing)."""
+        config = self.config
+        return TransformerShape(
+            parameters=sum(p.numel() for p in self.parameters()),
+            layer_parameters=max(sum(p.numel() for p in layer.parameters()) for layer in self.layers),
+            layers=len(self.layers), hidden=config.hidden_size, heads=self.layout.heads(config), kv_heads=self.layout.kv_heads(config),
+            head_dim=self.head_dim, ffn=self.layout.ffn(config), gated_ffn=self.layout.gated_ffn,
+            outputs=config.vocab_size if self.causal else config.num_labels, causal=self.causal,
+        )
 
     @contextlib.contextmanager
     def countable_attention(self) -> Iterator[None]:
