@@ -68,7 +68,7 @@ def test_all_exits_gradient_is_the_mean_of_the_exits():
     loss = lambda logits, t: F.cross_entropy(logits.flatten(0, 1), t.flatten())  # noqa: E731
     exits = AllExits(build_pool("p", [0.5], "all", (3,)), loss)
     sub = SubModel(0.5, (3,))
-    exits.loss(sub, exits.forward(model, sub, inputs), targets).mean().backward()
+    exits.loss(sub, exits.forward(model, sub, inputs), targets).objective.backward()
     shared = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     sum(loss(model(inputs, SubModel(0.5, (k,))), targets) for k in (1, 2, 3)).div(3).backward()

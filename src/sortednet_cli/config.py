@@ -91,6 +91,21 @@ class TrainerConfig:
     # width and one forward pass trains the mean loss of every depth of the pool at that width
     # (Sorted LLaMA's scheme; metrics.csv gets one row per exit).
     objective: Objective = Objective.sampled
+    # How the all-exits objective trains its exits (LayerSkip's early-exit loss; objective=all_exits
+    # only). The exits' weights: uniform (the plain mean), rising (in proportion to the exit's
+    # depth), or a list with one weight per exit of a width, shallowest first.
+    exit_weights: Any = "uniform"
+    # The fraction of the training steps over which the early exits are switched on one by one,
+    # deepest first (LayerSkip's gradual curriculum); 0: every exit trains from the first step.
+    exit_curriculum: float = 0.0
+    # Layer dropout rising with depth: block i of n is skipped (the identity) in a draw with
+    # probability layer_dropout * i / (n - 1), in training only; a pure function of (seed, step, draw).
+    layer_dropout: float = 0.0
+    # Exit self-distillation: every exit but the deepest also learns the deepest exit's detached
+    # next-token distribution (the task's soft-target loss at exit_distill_temperature), this weight
+    # times its soft loss added to its own loss.
+    exit_distill_alpha: float = 0.0
+    exit_distill_temperature: float = 1.0
     # inplace: the largest sub-model of each step teaches the step's other draws (same batch).
     distill: Distill = Distill.none
     distill_temperature: float = 1.0

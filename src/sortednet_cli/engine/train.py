@@ -36,7 +36,7 @@ from ..sorted.pool import Pool, pool_from_config
 from ..sorted.sampler import Sampler, build_sampler
 from ..sorted.submodel import SubModel, format_depth
 from ..sorted.distill import InplaceDistillation
-from ..sorted.exits import AllExits
+from ..sorted.exits import AllExits, ExitTraining
 from ..sorted.update import DrawLoss, Forward, plain_loss, sorted_update, sub_forward
 from ..tasks import Task, build_task
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, checkpoint_config, load_checkpoint, resolve_checkpoint, save_atomic
@@ -191,6 +191,11 @@ def validate_trainer(cfg) -> None:
         raise UserError(f"trainer.clip_grad_norm must be > 0 or null (got {cfg.clip_grad_norm})")
     if cfg.distill.value == "inplace" and cfg.objective.value == "all_exits":
         raise UserError("trainer.distill=inplace and trainer.objective=all_exits do not combine: all_exits already trains every exit of a width on the same batch")
+    exit_training = ExitTraining.from_trainer(cfg, total_steps=1)
+    exit_training.check()
+    if cfg.objective.value != "all_exits" and exit_training.shapes_the_objective:
+        raise UserError("trainer.exit_weights, exit_curriculum, layer_dropout and exit_distill_alpha shape the all-exits objective: "
+                        "they need trainer.objective=all_exits")
     if cfg.distill.value == "inplace":
         if not cfg.accum_same_batch:
             raise UserError("trainer.distill=inplace needs trainer.accum_same_batch=true: the largest sub-model teaches on the batch the step's draws share")
@@ -244,12 +249,20 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
         optimizer=optimizer, scheduler=scheduler, logger=logger, autocast=autocast_for(device, trainer.amp),
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         start_step=start_step, elapsed_before=elapsed_before, examples_before=examples_before, resumed=checkpoint is not None,
-        all_exits=AllExits(pool, task.loss) if trainer.objective.value == "all_exits" else None,
+        all_exits=all_exits_for(trainer, pool, task, total_steps),
     )
     announce(run)
     if trainer.distill.value == "inplace":
         check_distillation_teacher(run)
     return run
+
+
+def all_exits_for(trainer, pool: Pool, task: Task, total_steps: int) -> Optional[AllExits]:
+    """trainer.objective=all_exits: every exit of the drawn width, trained as trainer.exit_*
+    and trainer.layer_dropout say; None for sampled draws."""
+    if trainer.objective.value != "all_exits":
+        return None
+    return AllExits(pool, task.loss, task.soft_loss, ExitTraining.from_trainer(trainer, total_steps))
 
 
 def open_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], ranks: Distributed, console: Console,
@@ -418,11 +431,12 @@ def plan_step(run: Run, step: int) -> StepPlan:
     return StepPlan(step, epoch, first_batch, subs)
 
 
-def draw_objective(run: Run) -> tuple[Forward, DrawLoss]:
-    """How each draw of a step computes its outputs and its loss: one sub-model on the task's
-    loss or in-place distillation's, or every exit of the drawn width (trainer.objective=all_exits)."""
+def draw_objective(run: Run, step: int) -> tuple[Forward, DrawLoss]:
+    """How each draw of step `step` computes its outputs and its loss: one sub-model on the task's
+    loss or in-place distillation's, or every exit of the drawn width (trainer.objective=all_exits:
+    its weights, curriculum and dropped layers depend on the step)."""
     if run.all_exits is not None:
-        return run.all_exits.forward, run.all_exits.loss
+        return run.all_exits.at_step(step)
     return sub_forward, draw_loss(run)
 
 
@@ -446,7 +460,7 @@ def train_step(run: Run, plan: StepPlan) -> list[PendingDraw]:
             yield (sub, *(shared_batch or run.batches.get(epoch, first_batch + d, shard)))
 
     lr = run.scheduler.get_last_lr()[0]
-    forward, loss_fn = draw_objective(run)
+    forward, loss_fn = draw_objective(run, plan.step)
     losses = sorted_update(run.model, run.optimizer, draws(), len(subs), loss_fn, run.autocast,
                            before_step=lambda: average_gradients(run.model, run.ranks),
                            clip_grad_norm=trainer.clip_grad_norm, forward=forward)

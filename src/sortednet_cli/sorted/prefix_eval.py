@@ -113,11 +113,13 @@ class _NodeStatistics:
 class _PrefixTree:
     """Walks the depth settings of one width, computing each block output once."""
 
-    def __init__(self, model: nn.Module, width: float, depths: list[tuple[int, ...]], stats: _NodeStatistics):
+    def __init__(self, model: nn.Module, width: float, depths: list[tuple[int, ...]], stats: _NodeStatistics,
+                 skipped: frozenset[tuple[int, int]] = frozenset()):
         self.model = model
         self.width = width
         self.depths = depths
         self.stats = stats
+        self.skipped = skipped  # (stage, block) pairs run as the identity (layer dropout in training)
         self.last_stage = len(depths[0]) - 1
 
     def walk(self, inputs: Any, keep_stats: bool) -> dict[tuple[int, ...], torch.Tensor]:
@@ -130,8 +132,9 @@ class _PrefixTree:
     def _stage(self, h, stage: int, prefix: tuple[int, ...], keep: bool, outputs: dict) -> None:
         needed = sorted({d[stage] for d in self.depths if d[:stage] == prefix})
         for j in range(1, needed[-1] + 1):
-            with self.stats.use(("block", stage, prefix, j), self.model.block_module(stage, j - 1), keep):
-                h = self.model.run_block(stage, j - 1, h, self.width)
+            if (stage, j - 1) not in self.skipped:
+                with self.stats.use(("block", stage, prefix, j), self.model.block_module(stage, j - 1), keep):
+                    h = self.model.run_block(stage, j - 1, h, self.width)
             if j not in needed:
                 continue
             path = prefix + (j,)
@@ -142,10 +145,12 @@ class _PrefixTree:
                 self._stage(h, stage + 1, path, keep, outputs)
 
 
-def prefix_outputs(model: nn.Module, width: float, depths: list[tuple[int, ...]], inputs: Any) -> dict[tuple[int, ...], torch.Tensor]:
+def prefix_outputs(model: nn.Module, width: float, depths: list[tuple[int, ...]], inputs: Any,
+                   skipped: frozenset[tuple[int, int]] = frozenset()) -> dict[tuple[int, ...], torch.Tensor]:
     """The outputs of every depth setting of one width on `inputs`, each block computed once
-    (with gradients when enabled: the all-exits update trains through it)."""
-    return _PrefixTree(model, width, depths, _NodeStatistics(False, [])).walk(inputs, keep_stats=False)
+    (with gradients when enabled: the all-exits update trains through it); the `skipped`
+    (stage, block) pairs pass their input on unchanged."""
+    return _PrefixTree(model, width, depths, _NodeStatistics(False, []), skipped).walk(inputs, keep_stats=False)
 
 
 def calibrated_walk(model: nn.Module, width: float, depths: list[tuple[int, ...]], calib_inputs: Iterable[Any],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Iterable, Optional
+from typing import Any, Callable, ContextManager, Iterable, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -11,13 +11,23 @@ from torch import nn
 from .submodel import SubModel
 
 Draw = tuple[SubModel, Any, Any]  # (sub-model, inputs, targets)
-# (sub-model, outputs, targets) -> the draw's loss: a scalar, or one loss per exit (all-exits
-# update), whose mean is what the draw trains.
-DrawLoss = Callable[[SubModel, Any, Any], torch.Tensor]
-Forward = Callable[[nn.Module, SubModel, Any], Any]  # (model, sub-model, inputs) -> outputs
 
 
-def sub_forward(model: nn.Module, sub: SubModel, inputs: Any) -> torch.Tensor:
+class ExitLoss(NamedTuple):
+    """An all-exits draw's loss: what it trains (a scalar: the exits' losses weighted, with their
+    distillation terms) and each exit's own loss against the targets (what is logged)."""
+
+    objective: torch.Tensor
+    per_exit: torch.Tensor
+
+
+# (sub-model, outputs, targets) -> the draw's loss: a scalar, or an ExitLoss (all-exits update).
+DrawLoss = Callable[[SubModel, Any, Any], Union[torch.Tensor, ExitLoss]]
+# (model, sub-model, inputs, the draw's index in its step) -> outputs
+Forward = Callable[[nn.Module, SubModel, Any, int], Any]
+
+
+def sub_forward(model: nn.Module, sub: SubModel, inputs: Any, draw: int) -> torch.Tensor:
     return model(inputs, sub)
 
 
@@ -42,15 +52,16 @@ def sorted_update(
     `before_step` runs once the gradients of all draws are in (data parallelism averages them
     there: one all-reduce per step); the gradient norm is clipped after it, over the step's
     accumulated gradient. `forward` computes a draw's outputs (by default `model(inputs, sub)`).
-    Returns the per-draw losses (scalars or per-exit vectors), detached and still on the device
+    Returns the per-draw losses (scalars, or each exit's loss), detached and still on the device
     (no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
     losses = []
-    for sub, inputs, targets in draws:
+    for draw, (sub, inputs, targets) in enumerate(draws):
         with autocast():
-            loss = loss_fn(sub, forward(model, sub, inputs), targets)
-        (loss.mean() / num_draws).backward()
-        losses.append(loss.detach())
+            loss = loss_fn(sub, forward(model, sub, inputs, draw), targets)
+        objective, logged = (loss.objective, loss.per_exit) if isinstance(loss, ExitLoss) else (loss, loss)
+        (objective / num_draws).backward()
+        losses.append(logged.detach())
     before_step()
     if clip_grad_norm is not None:
         nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm, foreach=True)
