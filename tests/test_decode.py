@@ -181,8 +181,10 @@ def test_early_exit_fills_skipped_layers_with_exact_keys_and_values(trained, dec
     reference = full_forward_cache(model, prompt + result.tokens[:-1])
     for layer in range(LAYERS):
         n = lengths[layer]
-        torch.testing.assert_close(cache.keys[layer], reference.keys[layer][..., :n, :], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(cache.values[layer], reference.values[layer][..., :n, :], rtol=1e-5, atol=1e-5)
+        keys, values = cache.filled(layer)
+        reference_keys, reference_values = reference.filled(layer)
+        torch.testing.assert_close(keys, reference_keys[..., :n, :], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(values, reference_values[..., :n, :], rtol=1e-5, atol=1e-5)
     agreement = teacher_forced_agreement(model, prompt, result.tokens)
     assert 0.0 <= agreement <= 1.0
     assert result.stats["mean_exit_layer"] == pytest.approx(sum(exits_used) / len(exits_used))

@@ -67,28 +67,52 @@ class LayerCache:
     Early exit and self-speculation leave the layers above an exit behind the layers below it,
     and verification rolls rejected tokens back. The library's caches changed what `crop` means
     between releases, so this implements the one method its attention layers call, `update`
-    (append and return the whole sequence), and keeps lengths in our hands."""
+    (append and return the whole sequence), and keeps lengths in our hands.
 
-    def __init__(self, num_layers: int):
-        self.keys: list[Optional[torch.Tensor]] = [None] * num_layers
-        self.values: list[Optional[torch.Tensor]] = [None] * num_layers
+    Each layer's keys and values live in one buffer of `capacity` positions, allocated at the
+    first write: `update` copies the new positions into their slice and returns a view of the
+    filled prefix (no concatenation of the whole sequence per token and per layer), and `crop`
+    only moves the length back (the next write overwrites what lay beyond). A write past the
+    capacity doubles the buffer, one copy."""
+
+    def __init__(self, num_layers: int, capacity: int = 0):
+        self.capacity = capacity
+        self.lengths = [0] * num_layers
+        self._keys: list[Optional[torch.Tensor]] = [None] * num_layers
+        self._values: list[Optional[torch.Tensor]] = [None] * num_layers
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
-        if self.keys[layer_idx] is not None:
-            keys = torch.cat([self.keys[layer_idx], keys], dim=-2)
-            values = torch.cat([self.values[layer_idx], values], dim=-2)
-        self.keys[layer_idx], self.values[layer_idx] = keys, values
-        return keys, values
+        start = self.lengths[layer_idx]
+        stop = start + keys.shape[-2]
+        buffer = self._keys[layer_idx]
+        if buffer is None or stop > buffer.shape[-2]:
+            self._grow(layer_idx, keys, values, max(stop, self.capacity, 2 * (0 if buffer is None else buffer.shape[-2])))
+        self._keys[layer_idx][..., start:stop, :] = keys
+        self._values[layer_idx][..., start:stop, :] = values
+        self.lengths[layer_idx] = stop
+        return self._keys[layer_idx][..., :stop, :], self._values[layer_idx][..., :stop, :]
+
+    def _grow(self, layer: int, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+        filled = self.lengths[layer]
+        for store, new in ((self._keys, keys), (self._values, values)):
+            buffer = new.new_empty(*new.shape[:-2], capacity, new.shape[-1])
+            if store[layer] is not None:
+                buffer[..., :filled, :] = store[layer][..., :filled, :]
+            store[layer] = buffer
 
     def length(self, layer: int) -> int:
-        cached = self.keys[layer]
-        return 0 if cached is None else cached.shape[-2]
+        return self.lengths[layer]
+
+    def filled(self, layer: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The keys and values [batch, kv_heads, length, head_dim] one layer holds (None before any write)."""
+        if self._keys[layer] is None:
+            return None, None
+        length = self.lengths[layer]
+        return self._keys[layer][..., :length, :], self._values[layer][..., :length, :]
 
     def crop(self, layer: int, length: int) -> None:
         """Keep the first `length` positions of one layer."""
-        if self.keys[layer] is not None and self.keys[layer].shape[-2] > length:
-            self.keys[layer] = self.keys[layer][..., :length, :]
-            self.values[layer] = self.values[layer][..., :length, :]
+        self.lengths[layer] = min(self.lengths[layer], length)
 
 
 def config_from_dict(config: dict):

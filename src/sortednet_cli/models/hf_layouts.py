@@ -49,6 +49,13 @@ class Layout:
 
     def ffn(self, config) -> int:
         return getattr(config, self.ffn_key)
+def _plain_rotary(rotary: nn.Module) -> bool:
+    """Rotary tables whose frequencies do not depend on the longest position in the call:
+    every rope type but the dynamic ones and longrope (which rescale by that length)."""
+    rope_type = getattr(rotary, "rope_type", "default")
+    return isinstance(rope_type, str) and "dynamic" not in rope_type and rope_type != "longrope"
+
+
 
     def heads(self, config) -> int:
         return config.num_attention_heads
@@ -125,6 +132,16 @@ class DecoderLayout(Layout):
 class RotaryDecoder(DecoderLayout):
     """LLaMA's layout and its relatives: model.layers of (self_attn, mlp), rotary tables from
     model.rotary_emb, final model.norm and lm_head. Quirks handled here: Qwen2's q/k/v biases,
+    def positions_sliceable(self, hf: nn.Module) -> bool:
+        """Whether the position embeddings of positions a..b-1 equal rows a..b-1 of one table for
+        positions 0..n-1 (decoding then builds one table per generation and slices it)."""
+        return True
+
+    def slice_positions(self, table: Any, start: int, count: int) -> Any:
+        """Positions start..start+count-1 of a table from `position_embeddings` (cos and sin
+        [batch, positions, dim]), as views; None stays None."""
+        return None if table is None else tuple(part[:, start:start + count] for part in table)
+
     Qwen3's and OLMo2's q/k norms (OLMo2's span all heads, so its heads are not cut), Phi-3's
     fused qkv_proj and gate_up_proj (its attention splits qkv by the config's head count, so its
     heads are not cut), Mistral's, Qwen's and Gemma 2's sliding windows, Gemma's scaled
@@ -165,6 +182,9 @@ class RotaryDecoder(DecoderLayout):
     def slices(self, layer, config, heads, kv_heads, ffn):
         slices: Slices = {}
         attention, mlp = layer.self_attn, layer.mlp
+    def positions_sliceable(self, hf):
+        return _plain_rotary(hf.model.rotary_emb)
+
         head_dim, full_ffn = self.head_dim(config), self.ffn(config)
         if heads < self.heads(config):
             for name, count in (("q_proj", heads), ("k_proj", kv_heads), ("v_proj", kv_heads)):
@@ -285,6 +305,9 @@ class NeoXDecoder(DecoderLayout):
         if ffn < self.ffn(config):
             slices["mlp.dense_h_to_4h.weight"] = mlp.dense_h_to_4h.weight[:ffn]
             slices["mlp.dense_h_to_4h.bias"] = mlp.dense_h_to_4h.bias[:ffn]
+    def positions_sliceable(self, hf):
+        return _plain_rotary(hf.gpt_neox.rotary_emb)
+
             slices["mlp.dense_4h_to_h.weight"] = mlp.dense_4h_to_h.weight[:, :ffn]
         return slices
 

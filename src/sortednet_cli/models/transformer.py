@@ -236,7 +236,7 @@ class SortedEncoder(SortedTransformer):
 class SortedDecoder(SortedTransformer):
     """A causal language model: every exit goes through the shared final norm and LM head. Its
     logits are [batch, seq, vocab]. The pieces the decoding engine runs one at a time (embed,
-    positions, layer_mask, run_layer, logits) are methods here, asked of the layout."""
+    positions and their slices, layer_mask, run_layer, logits) are methods here, asked of the layout."""
 
     causal = True
     arch_name = "decoder"
@@ -274,6 +274,14 @@ class SortedDecoder(SortedTransformer):
         hidden = self.run_layer(index, state.hidden, extras["masks"][self.windows[index]], extras["positions"],
                                 slices=self.layer_slices(index, width))
         return LayerInput(hidden, extras)
+
+    @property
+    def positions_sliceable(self) -> bool:
+        """Whether `positions` of a..b-1 are rows a..b-1 of one table built for 0..n-1."""
+        return self.layout.positions_sliceable(self.hf)
+
+    def slice_positions(self, table: Any, start: int, count: int) -> Any:
+        return self.layout.slice_positions(table, start, count)
 
     def run_head(self, state: LayerInput, width: float) -> torch.Tensor:
         return self.logits(state.hidden)
