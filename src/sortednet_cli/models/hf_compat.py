@@ -12,11 +12,10 @@ tests/test_hf_compat.py pins every adapter against the library's own forward on 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 # --- masks -------------------------------------------------------------------------------------
 
@@ -50,12 +49,38 @@ def additive_mask(padding: Optional[torch.Tensor], query_len: int, key_len: int,
 # --- layers --------------------------------------------------------------------------------------
 
 
-def call_layer(layer: nn.Module, slices: Optional[dict[str, torch.Tensor]], *args, **kwargs):
+def call_layer(layer: nn.Module, slicer: Optional[Callable[[nn.Module], dict[str, torch.Tensor]]], *args, **kwargs):
     """The library's layer on its own parameters, or with some replaced by narrower tensors (a
-    sub-model: slices of the full tensors, so gradients reach the shared ones)."""
-    if not slices:
+    sub-model: slices of the full tensors, so gradients reach the shared ones).
+
+    `slicer(layer)` takes the slices (parameter name inside the layer -> tensor) inside the call,
+    after the layer's own forward pre-hooks, and the full tensors are back before its forward
+    hooks: a layer sharded by FSDP gathers its full parameters in its pre-hook and frees them in
+    its post-hook, so slices taken outside would cut the local shard."""
+    if slicer is None:
         return layer(*args, **kwargs)
-    return functional_call(layer, slices, args, kwargs, strict=False)
+    swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+
+    def narrow(module, args):
+        for name, tensor in slicer(layer).items():
+            path, _, attribute = name.rpartition(".")
+            owner = layer.get_submodule(path)
+            swapped.append((owner, attribute, owner._parameters[attribute]))
+            owner._parameters[attribute] = tensor
+
+    def restore(*_):
+        while swapped:
+            owner, attribute, full = swapped.pop()
+            owner._parameters[attribute] = full
+
+    before = layer.register_forward_pre_hook(narrow)  # after FSDP's (which it prepends)
+    after = layer.register_forward_hook(restore, prepend=True, always_call=True)  # before FSDP's
+    try:
+        return layer(*args, **kwargs)
+    finally:
+        before.remove()
+        after.remove()
+        restore()
 
 
 # --- the KV cache ---------------------------------------------------------------------------

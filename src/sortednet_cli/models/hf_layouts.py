@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -24,6 +25,22 @@ from ..errors import UserError
 from . import hf_compat
 
 Slices = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerCut:
+    """What a sub-model keeps of one layer: its first `heads` query heads (`kv_heads` key/value
+    heads) and `ffn` FFN units. Called on the layer, it gives the layout's slices of the layer's
+    tensors; the layer call takes them inside the call (hf_compat.call_layer)."""
+
+    layout: "Layout"
+    config: Any
+    heads: int
+    kv_heads: int
+    ffn: int
+
+    def __call__(self, layer: nn.Module) -> Slices:
+        return self.layout.slices(layer, self.config, self.heads, self.kv_heads, self.ffn)
 
 
 def _rows(weight: torch.Tensor, *spans: tuple[int, int]) -> torch.Tensor:
@@ -116,9 +133,9 @@ class DecoderLayout(Layout):
         return None
 
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
-                  cache: Optional[hf_compat.LayerCache] = None, slices: Optional[Slices] = None) -> torch.Tensor:
+                  cache: Optional[hf_compat.LayerCache] = None, cut: Optional[LayerCut] = None) -> torch.Tensor:
         extra = {} if position_embeddings is None else {"position_embeddings": position_embeddings}
-        return hf_compat.call_layer(layer, slices, hidden, attention_mask=mask, **{self.cache_keyword: cache}, **extra)
+        return hf_compat.call_layer(layer, cut, hidden, attention_mask=mask, **{self.cache_keyword: cache}, **extra)
 
     def logits(self, hf: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The shared final norm and LM head: what turns any exit's state into next-token logits."""
@@ -235,15 +252,14 @@ class GPT2Decoder(DecoderLayout):
     def embed(self, hf, ids, positions):
         return hf.transformer.drop(hf.transformer.wte(ids) + hf.transformer.wpe(positions))
 
-    def run_layer(self, layer, hidden, mask, position_embeddings, cache=None, slices=None):
-        narrow = (slices or {}).get("mlp.c_fc.bias")
-        if narrow is None:
-            return super().run_layer(layer, hidden, mask, position_embeddings, cache, slices)
+    def run_layer(self, layer, hidden, mask, position_embeddings, cache=None, cut=None):
+        if cut is None or cut.ffn >= self.ffn(cut.config):
+            return super().run_layer(layer, hidden, mask, position_embeddings, cache, cut)
         # Conv1D shapes its output by its `nf` attribute, not by its weight: narrowed for this call.
         c_fc = layer.mlp.c_fc
-        full, c_fc.nf = c_fc.nf, narrow.shape[0]
+        full, c_fc.nf = c_fc.nf, cut.ffn
         try:
-            return super().run_layer(layer, hidden, mask, position_embeddings, cache, slices)
+            return super().run_layer(layer, hidden, mask, position_embeddings, cache, cut)
         finally:
             c_fc.nf = full
 
@@ -347,8 +363,8 @@ class EncoderLayout(Layout):
         """The embeddings and what every layer of the pass takes besides the hidden states."""
         raise NotImplementedError
 
-    def run_layer(self, hf: nn.Module, index: int, hidden: torch.Tensor, extras: dict, slices: Optional[Slices]) -> torch.Tensor:
-        return hf_compat.call_layer(self.layers(hf)[index], slices, hidden, attention_mask=extras["mask"])
+    def run_layer(self, hf: nn.Module, index: int, hidden: torch.Tensor, extras: dict, cut: Optional[LayerCut]) -> torch.Tensor:
+        return hf_compat.call_layer(self.layers(hf)[index], cut, hidden, attention_mask=extras["mask"])
 
     def classify(self, hf: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -505,8 +521,8 @@ class DebertaV2Encoder(EncoderLayout):
                   "rel_embeddings": encoder.get_rel_embedding(), "embedded": hidden, "padding": padding}
         return hidden, extras
 
-    def run_layer(self, hf, index, hidden, extras, slices):
-        out, _ = hf_compat.call_layer(self.layers(hf)[index], slices, hidden, extras["mask"], relative_pos=extras["relative_pos"],
+    def run_layer(self, hf, index, hidden, extras, cut):
+        out, _ = hf_compat.call_layer(self.layers(hf)[index], cut, hidden, extras["mask"], relative_pos=extras["relative_pos"],
                                       rel_embeddings=extras["rel_embeddings"])
         conv = hf.deberta.encoder.conv
         if index == 0 and conv is not None:

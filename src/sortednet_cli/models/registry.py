@@ -30,6 +30,8 @@ class ModelFamily:
     # Optional capabilities, None / False where the family has none.
     hf_auto_class: Optional[str] = None  # export writes Hugging Face directories this transformers class loads
     decodes: bool = False  # generate and bench-decode run it (a causal LM with exits)
+    # (built network) -> None: its layers recompute their activations in the backward (trainer.gradient_checkpointing)
+    gradient_checkpointing: Optional[Callable[[nn.Module], None]] = None
     text: Optional[Callable[..., "TextProfile"]] = None  # (model cfg, read_pretrained) -> what a text task needs to know
     # sortednet bench for it: () -> its side of the bench (engine/bench.py's FamilyBench: the plain loop, its own comparisons)
     bench: Optional[Callable[[], Any]] = None

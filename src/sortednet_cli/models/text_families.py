@@ -177,14 +177,20 @@ def _flop_context(model):
     return model.countable_attention()
 
 
+def _checkpoint_layers(model):
+    model.enable_gradient_checkpointing()
+
+
 register_family(ModelFamily(
     "encoder", EncoderConfig, build_encoder, {"encoder": rebuild(causal=False), "bert": rebuild(causal=False), "roberta": rebuild(causal=False)},
     frozenset({"sequence_classification"}), aliases=("bert", "roberta"), hf_auto_class="AutoModelForSequenceClassification",
+    gradient_checkpointing=_checkpoint_layers,
     text=encoder_profile, bench=_text_bench, flop_context=_flop_context, memory_shape=encoder_memory_shape,
 ))
 register_family(ModelFamily(
     "decoder", DecoderConfig, build_decoder, {"decoder": rebuild(causal=True), "llama": rebuild(causal=True)},
     frozenset({"language_modeling"}), aliases=("llama",), hf_auto_class="AutoModelForCausalLM", decodes=True, text=decoder_profile,
+    gradient_checkpointing=_checkpoint_layers,
     bench_hint="bench measures training and the grid of classifiers; for a decoder use sortednet bench-decode checkpoint=<run>",
     flop_context=_flop_context, memory_shape=decoder_memory_shape,
 ))

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..sorted.submodel import SubModel, scaled
 from . import hf_compat
 from .cost import TransformerShape
-from .hf_layouts import DecoderLayout, EncoderLayout, layout_for, layout_kind
+from .hf_layouts import DecoderLayout, EncoderLayout, LayerCut, layout_for, layout_kind
 
 
 @dataclass
@@ -77,6 +77,7 @@ class SortedTransformer(nn.Module):
         self.hf = hf_model
         self.layout = layout_for(hf_model.config.model_type, self.causal)
         self.sort_heads = bool(sort_heads)
+        self.checkpointing = False  # enable_gradient_checkpointing
         if self.sort_heads and not self.layout.heads_cuttable(hf_model):
             raise UserError(f"model.sort_heads=true: the {hf_model.config.model_type} layout cannot run fewer heads than its config "
                             "names; leave sort_heads false (width then cuts FFN units only)")
@@ -109,9 +110,30 @@ class SortedTransformer(nn.Module):
         units = self.units(width)
         return f"{units['heads']}h-{units['ffn']}ffn"
 
-    def layer_slices(self, index: int, width: float) -> dict:
+    def layer_cut(self, index: int, width: float) -> Optional[LayerCut]:
+        """What a sub-model of `width` keeps of every layer; None: all of it."""
         units = self.units(width)
-        return self.layout.slices(self.layers[index], self.config, units["heads"], units["kv_heads"], units["ffn"])
+        if units["heads"] == self.layout.heads(self.config) and units["ffn"] == self.layout.ffn(self.config):
+            return None
+        return LayerCut(self.layout, self.config, units["heads"], units["kv_heads"], units["ffn"])
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Each layer's activations recomputed in the backward instead of kept (trainer.
+        gradient_checkpointing), where the library declares its model safe to recompute. The
+        library's own switch checkpoints a layer's `forward` alone, which would replay it without
+        the sub-model's slices (taken inside the layer call): here the whole sliced call is
+        checkpointed, with the function the library uses (torch.utils.checkpoint, non-reentrant)."""
+        if not self.hf.supports_gradient_checkpointing:
+            raise UserError(f"trainer.gradient_checkpointing=true: transformers has no gradient checkpointing for {self.config.model_type}")
+        self.checkpointing = True
+
+    def checkpointed(self, call, hidden: torch.Tensor) -> torch.Tensor:
+        """`call(hidden)`: one layer, recomputed in the backward with gradient checkpointing."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(call, hidden, use_reentrant=False)
+        return call(hidden)
 
     def recalibrated_norms(self) -> list[nn.Module]:
         return []
@@ -226,7 +248,8 @@ class SortedEncoder(SortedTransformer):
         return LayerInput(hidden, extras)
 
     def run_block(self, stage: int, index: int, state: LayerInput, width: float) -> LayerInput:
-        hidden = self.layout.run_layer(self.hf, index, state.hidden, state.extras, self.layer_slices(index, width))
+        cut = self.layer_cut(index, width)
+        hidden = self.checkpointed(lambda h: self.layout.run_layer(self.hf, index, h, state.extras, cut), state.hidden)
         return LayerInput(hidden, state.extras)
 
     def run_head(self, state: LayerInput, width: float) -> torch.Tensor:
@@ -255,8 +278,8 @@ class SortedDecoder(SortedTransformer):
     def layer_mask(self, index: int, padding: Optional[torch.Tensor], query_len: int, key_len: int, hidden: torch.Tensor):
         return hf_compat.additive_mask(padding, query_len, key_len, hidden.dtype, hidden.device, causal=True, window=self.windows[index])
 
-    def run_layer(self, index: int, hidden: torch.Tensor, mask, position_embeddings, cache=None, slices=None) -> torch.Tensor:
-        return self.layout.run_layer(self.layers[index], hidden, mask, position_embeddings, cache, slices)
+    def run_layer(self, index: int, hidden: torch.Tensor, mask, position_embeddings, cache=None, cut: Optional[LayerCut] = None) -> torch.Tensor:
+        return self.layout.run_layer(self.layers[index], hidden, mask, position_embeddings, cache, cut)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.layout.logits(self.hf, hidden)
@@ -271,8 +294,8 @@ class SortedDecoder(SortedTransformer):
 
     def run_block(self, stage: int, index: int, state: LayerInput, width: float) -> LayerInput:
         extras = state.extras
-        hidden = self.run_layer(index, state.hidden, extras["masks"][self.windows[index]], extras["positions"],
-                                slices=self.layer_slices(index, width))
+        mask, cut = extras["masks"][self.windows[index]], self.layer_cut(index, width)
+        hidden = self.checkpointed(lambda h: self.run_layer(index, h, mask, extras["positions"], cut=cut), state.hidden)
         return LayerInput(hidden, extras)
 
     @property
