@@ -155,6 +155,22 @@ def test_instruction_tuning_trains_resumes_exactly_and_generates_with_its_templa
     assert code == 0, err
 
 
+def test_the_example_length_defaults_to_what_the_context_holds(instructions):
+    """data.max_length: null is 256 tokens, or the decoder's context where shorter (the default
+    decoder's is 128); a length given above the context is refused in one line."""
+    from sortednet_cli.tasks import build_task
+
+    def task_for(*extra):
+        cfg = compose_config("train", ["model=decoder", "data=instructions", f"data.path={instructions / 'train.jsonl'}", *extra])
+        return build_task(cfg.data, cfg.model, torch.device("cpu"))
+
+    assert task_for().max_length == 128
+    assert task_for("model.context=512").max_length == 256
+    assert task_for("model.context=512", "data.max_length=300").max_length == 300
+    with pytest.raises(UserError, match="data.max_length=300 is longer than the model's context of 128"):
+        task_for("data.max_length=300")
+
+
 def test_an_instruction_run_needs_a_decoder(instructions, tmp_path):
     with pytest.raises(UserError, match=r"data=instructions is language modeling, which model=bert does not do"):
         train(compose_config("train", ["model=bert", "data=instructions", f"data.path={instructions / 'train.jsonl'}"]), tmp_path / "r",

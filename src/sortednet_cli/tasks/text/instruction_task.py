@@ -32,6 +32,9 @@ class Template(str, Enum):
     plain = "plain"
 
 
+DEFAULT_MAX_LENGTH = 256  # tokens per example when data.max_length is null (and the context allows)
+
+
 @dataclass
 class InstructionDataConfig:
     name: str = "instructions"
@@ -43,7 +46,9 @@ class InstructionDataConfig:
     system_field: str = "system"
     messages_field: str = "messages"
     template: Template = Template.auto
-    max_length: int = 256  # tokens per example (longer ones keep their first max_length; a prompt that fills it is refused)
+    # Tokens per example (longer ones keep their first max_length; a prompt that fills it is refused);
+    # null: DEFAULT_MAX_LENGTH, or the model's context where that is shorter.
+    max_length: Optional[int] = None
     vocab_size: int = 2000  # of the byte-level BPE trained here when the model has no tokenizer
     eval_examples: int = 0  # validation examples evaluated; 0 = all
 
@@ -77,13 +82,19 @@ class InstructionTuning(NextTokenLoss):
         self.saved = state or {}
         if not 0 < data_cfg.val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1) (got {data_cfg.val_fraction})")
-        if data_cfg.max_length < 2:
-            raise UserError(f"data.max_length must be >= 2 (got {data_cfg.max_length})")
-        context = self.profile.max_length
-        if context is not None and data_cfg.max_length > context:
-            raise UserError(f"data.max_length={data_cfg.max_length} is longer than the model's context of {context}")
+        self.max_length = self._max_length(data_cfg.max_length, self.profile.max_length)
         if data_cfg.eval_examples < 0:
             raise UserError(f"data.eval_examples must be >= 0 (got {data_cfg.eval_examples})")
+
+    @staticmethod
+    def _max_length(asked: Optional[int], context: Optional[int]) -> int:
+        if asked is None:
+            return DEFAULT_MAX_LENGTH if context is None else min(DEFAULT_MAX_LENGTH, context)
+        if asked < 2:
+            raise UserError(f"data.max_length must be >= 2 (got {asked})")
+        if context is not None and asked > context:
+            raise UserError(f"data.max_length={asked} is longer than the model's context of {context}")
+        return asked
 
     @functools.cached_property
     def _examples(self):
@@ -115,11 +126,11 @@ class InstructionTuning(NextTokenLoss):
 
     @functools.cached_property
     def train(self) -> InstructionSet:
-        return InstructionSet.encode(self.tokenizer, self.template, self._examples[0], self.cfg.max_length)
+        return InstructionSet.encode(self.tokenizer, self.template, self._examples[0], self.max_length)
 
     @functools.cached_property
     def eval(self) -> InstructionSet:
-        return InstructionSet.encode(self.tokenizer, self.template, self._examples[1], self.cfg.max_length)
+        return InstructionSet.encode(self.tokenizer, self.template, self._examples[1], self.max_length)
 
     @property
     def pad_id(self) -> int:
@@ -181,10 +192,10 @@ class InstructionTuning(NextTokenLoss):
         return type(inputs)(inputs.input_ids.repeat(batch_size, 1), inputs.attention_mask.repeat(batch_size, 1))
 
     def example_input_without_data(self, batch_size: int):
-        """Examples of the longest length kept (data.max_length)."""
+        """Examples of the longest length kept (data.max_length as resolved)."""
         from ...models.transformer import TokenBatch
 
-        ids = torch.zeros(batch_size, self.cfg.max_length, dtype=torch.long, device=self.device)
+        ids = torch.zeros(batch_size, self.max_length, dtype=torch.long, device=self.device)
         return TokenBatch(ids, torch.ones_like(ids))
 
     def meter(self) -> ResponseMeter:
