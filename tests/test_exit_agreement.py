@@ -1,6 +1,6 @@
 """Exits trained to agree with the full model (trainer.exit_weights, exit_curriculum,
 layer_dropout, exit_distill_alpha): each option's gradient against a hand-written loss on a tiny
-decoder."""
+decoder; and the grid's agreement column against a hand computation."""
 
 from __future__ import annotations
 
@@ -163,3 +163,31 @@ def test_training_with_every_option_logs_each_exit(tmp_path, glue_root, text_pat
     rows = (result.run_dir / "metrics.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 * 2  # two exits logged per step, switched on or not
 
+
+def test_grid_agreement_is_the_full_models_teacher_forced_agreement_with_each_sub_models_greedy_text(glue_root, text_path, monkeypatch):
+    from sortednet_cli.engine import eval_grid
+    from sortednet_cli.models import build_model
+    from sortednet_cli.models.transformer import TokenBatch
+    from sortednet_cli.tasks import build_task
+
+    monkeypatch.setattr(eval_grid, "AGREEMENT_PROMPTS", 3)  # 48 generated tokens per sub-model
+    cfg = compose_config("train", [*tiny_text_overrides("llama", glue_root, text_path), *TINY_TEXT_TRAINING])
+    task = build_task(cfg.data, cfg.model, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task.model_fields()).eval()
+    prompts = task.prompt_windows(min(eval_grid.AGREEMENT_PROMPTS, task.eval_size()), eval_grid.AGREEMENT_PROMPT_TOKENS)
+    context = model.config.max_position_embeddings
+    for sub in (SubModel(1.0, (1,)), SubModel(0.5, (2,)), SubModel(1.0, (2,))):
+        agreeing = total = 0
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = list(prompt)
+                while len(ids) < min(len(prompt) + eval_grid.AGREEMENT_NEW_TOKENS, context):
+                    token = int(model(TokenBatch(torch.tensor([ids])), sub)[0, -1].argmax())
+                    agreeing += int(model(TokenBatch(torch.tensor([ids])))[0, -1].argmax()) == token
+                    total += 1
+                    ids.append(token)
+        row = eval_grid.grid_row(model, sub, 0.0, 1.0, task, cfg.eval)
+        assert row["agreement"] == round(agreeing / total, 4)
+        if sub == SubModel(1.0, (2,)):
+            assert row["agreement"] == 1.0

@@ -89,6 +89,16 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
             "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported}
 
 
+def agreement_with_full(model: SortedDecoder, sub_model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> float:
+    """How often the full `model` agrees with `sub_model` (a sub-model extracted from it): the
+    teacher-forced agreement of the sub-model's greedy continuation of each prompt, pooled over
+    every generated token (the grid's `agreement` column; 1 for the full model itself, but for
+    float near-ties between its cached and its batched computation)."""
+    prompts = [[int(t) for t in p] for p in prompts]
+    decoder = ExitDecoder(sub_model)
+    return _pooled_agreement(model, prompts, [decoder.full(prompt, max_new_tokens) for prompt in prompts])
+
+
 def ms_per_decoded_token(model: SortedDecoder, prompt: Sequence[int], repeats: int, new_tokens: int = 32) -> float:
     """ms per token of greedy decoding at batch 1 with a KV cache, the prompt's prefill left out:
     (time for `new_tokens` - time for 1) / (new_tokens - 1), median over `repeats`."""

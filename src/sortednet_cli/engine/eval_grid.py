@@ -14,7 +14,7 @@ from rich.console import Console
 from torch import nn
 
 from ..errors import UserError
-from ..decode.bench import ms_per_decoded_token
+from ..decode.bench import agreement_with_full, ms_per_decoded_token
 from ..models import build_from_arch, family_of
 from ..models.cost import mflops_per_example
 from ..reports.grid_report import grid_columns, grid_table, save_heatmap, write_grid
@@ -32,6 +32,9 @@ from .runs import newest_train_run
 from .runtime import select_device, set_threads
 
 LATENCY_BATCH_SIZES = (1, 256)
+# A decoder's agreement column: greedy continuations of this many validation prompts of this many
+# tokens, each this long (clipped to the context), checked against the full model.
+AGREEMENT_PROMPTS, AGREEMENT_PROMPT_TOKENS, AGREEMENT_NEW_TOKENS = 8, 16, 64
 BASELINE_CACHE = "baseline.json"
 
 
@@ -162,6 +165,9 @@ def grid_row(model: nn.Module, sub: SubModel, score: float, baseline: float, tas
         "latency_ms_bs1": None,
         "latency_ms_bs256": None,
     }
+    if family_of(small).decodes:  # how often the full model would accept this sub-model's drafts
+        prompts = task.prompt_windows(min(AGREEMENT_PROMPTS, task.eval_size()), AGREEMENT_PROMPT_TOKENS)
+        row["agreement"] = round(agreement_with_full(model, small, prompts, AGREEMENT_NEW_TOKENS), 4)
     if eval_cfg.latency:
         for batch_size in LATENCY_BATCH_SIZES:
             inputs = task.example_input(batch_size)
