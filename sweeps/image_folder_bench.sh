@@ -6,7 +6,7 @@
 # Usage: sweeps/image_folder_bench.sh [OUT_DIR] [MODEL ...]   (default: resnet18 cpreresnet20)
 # PER_CLASS=500 training PNGs per class, VAL_PER_CLASS=100 in val/, from CIFAR=../shared/data/cifar10
 # (torchvision's python layout); DEVICE=auto, THREADS=0, QUICK=false; ARGS="..." more overrides.
-# The tree is written once per (PER_CLASS, VAL_PER_CLASS) under OUT_DIR and reused.
+# The tree is written once per (PER_CLASS, VAL_PER_CLASS) under OUT_DIR and reused (cifar_folder keeps a complete one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -21,11 +21,7 @@ QUICK=${QUICK:-false}
 TREE="$OUT/cifar10_png_${PER_CLASS}_${VAL_PER_CLASS}"
 
 mkdir -p "$OUT"
-if [ ! -f "$TREE.complete" ]; then
-  rm -rf "$TREE"
-  "$BIN/python" -m sortednet_cli.tasks.image.cifar_folder "$CIFAR" "$TREE" --train-per-class "$PER_CLASS" --val-per-class "$VAL_PER_CLASS"
-  touch "$TREE.complete"
-fi
+"$BIN/python" -m sortednet_cli.tasks.image.cifar_folder "$CIFAR" "$TREE" --train-per-class "$PER_CLASS" --val-per-class "$VAL_PER_CLASS"
 
 for model in $MODELS; do
   # shellcheck disable=SC2086  # ARGS is a list of overrides

@@ -19,11 +19,7 @@ THREADS=${THREADS:-2}
 TREE="$OUT/cifar10_png_${PER_CLASS}_${VAL_PER_CLASS}"
 
 mkdir -p "$OUT"
-if [ ! -f "$TREE.complete" ]; then
-  rm -rf "$TREE"
-  "$BIN/python" -m sortednet_cli.tasks.image.cifar_folder "$CIFAR" "$TREE" --train-per-class "$PER_CLASS" --val-per-class "$VAL_PER_CLASS"
-  touch "$TREE.complete"
-fi
+"$BIN/python" -m sortednet_cli.tasks.image.cifar_folder "$CIFAR" "$TREE" --train-per-class "$PER_CLASS" --val-per-class "$VAL_PER_CLASS"
 for model in $MODELS; do
   [ -f "$OUT/$model.done" ] && continue
   start=$(date +%s)

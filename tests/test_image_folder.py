@@ -15,7 +15,7 @@ from PIL import Image
 from sortednet_cli.engine.checkpoint import load_checkpoint
 from sortednet_cli.errors import UserError
 from sortednet_cli.tasks import build_task
-from sortednet_cli.tasks.image.cifar_folder import CLASSES as CIFAR_CLASSES, read_cifar, write_cifar_folder
+from sortednet_cli.tasks.image.cifar_folder import CLASSES as CIFAR_CLASSES, read_cifar, write_cifar_folder, write_once
 from sortednet_cli.tasks.image.folder import held_out_count
 
 from conftest import SHARED_CIFAR10, compose_config, run_cli
@@ -43,6 +43,20 @@ def cifar_tree(tmp_path_factory):
         for i in np.flatnonzero(labels == CIFAR_CLASSES.index(name))[-2:]:
             Image.fromarray(images[i]).resize((48, 40), Image.BICUBIC).save(root / "train" / name / f"wide_{i:05d}.jpg", quality=90)
     return root, train_pngs
+
+
+def test_the_cifar_tree_is_written_once_and_an_interrupted_one_again(tmp_path):
+    if not CIFAR_BATCH.is_file():
+        pytest.skip(f"real CIFAR-10 not found at {SHARED_CIFAR10} (set SORTEDNET_TEST_CIFAR10)")
+    out = tmp_path / "tree"
+    out.mkdir()
+    (out / "train").mkdir()  # what an interrupted write of the old scripts left: no marker
+    assert write_once(SHARED_CIFAR10, out, 2, 1)
+    assert len(list((out / "train").rglob("*.png"))) == 20 and len(list((out / "val").rglob("*.png"))) == 10
+    assert not (tmp_path / "tree.partial").exists()
+    stamp = (out / ".complete").stat().st_mtime_ns
+    assert not write_once(SHARED_CIFAR10, out, 2, 1)  # kept, not rewritten
+    assert (out / ".complete").stat().st_mtime_ns == stamp
 
 
 def write_tree(root: Path, classes=("cat", "dog", "owl"), train=12, val=4, size=(40, 48), jpeg_every=3) -> Path:

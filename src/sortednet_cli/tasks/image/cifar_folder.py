@@ -5,13 +5,15 @@ images: the tests (tests/test_image_folder.py) and sweeps/image_folder_bench.sh.
 
     python -m sortednet_cli.tasks.image.cifar_folder CIFAR_ROOT OUT --train-per-class 500 [--val-per-class 100]
 
-A PNG keeps CIFAR's own pixels, so the folder task decodes exactly the original images.
+A PNG keeps CIFAR's own pixels, so the folder task decodes exactly the original images. The
+command writes a tree once: a complete one at OUT is kept (the sweeps run it before every use).
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from .data import CIFAR10_FOLDER
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+COMPLETE = ".complete"  # written last, inside the tree; the folder task skips dot names
 
 
 def read_cifar(root: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,16 +62,34 @@ def write_cifar_folder(images: np.ndarray, labels: np.ndarray, out: Path, train_
     return np.concatenate(written)
 
 
+def write_once(cifar_root: Path, out: Path, train_per_class: int, val_per_class: int) -> bool:
+    """Write the tree at `out` unless a complete one is there; False when kept. It is written in a
+    sibling folder and renamed when complete, so an interrupted write leaves no tree that looks
+    whole, and the next call starts it again."""
+    out = Path(out)
+    if (out / COMPLETE).is_file():
+        return False
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    images, labels = read_cifar(Path(cifar_root), train_per_class + val_per_class)
+    write_cifar_folder(images, labels, partial, train_per_class, val_per_class)
+    (partial / COMPLETE).touch()
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return True
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Write real CIFAR-10 images as PNG files in an ImageFolder tree.")
+    parser = argparse.ArgumentParser(description="Write real CIFAR-10 images as PNG files in an ImageFolder tree, once.")
     parser.add_argument("cifar_root", help="the folder holding cifar-10-batches-py/")
-    parser.add_argument("out", help="the tree to write (train/<class>/, val/<class>/)")
+    parser.add_argument("out", help="the tree to write (train/<class>/, val/<class>/); a complete one there is kept")
     parser.add_argument("--train-per-class", type=int, required=True)
     parser.add_argument("--val-per-class", type=int, default=0)
     args = parser.parse_args(argv)
-    images, labels = read_cifar(Path(args.cifar_root), args.train_per_class + args.val_per_class)
-    train = write_cifar_folder(images, labels, Path(args.out), args.train_per_class, args.val_per_class)
-    print(f"wrote {len(train)} training and {args.val_per_class * len(CLASSES)} validation PNGs under {args.out}")
+    if write_once(Path(args.cifar_root), Path(args.out), args.train_per_class, args.val_per_class):
+        print(f"wrote {args.train_per_class * len(CLASSES)} training and {args.val_per_class * len(CLASSES)} validation PNGs under {args.out}")
+    else:
+        print(f"kept the complete tree at {args.out}")
 
 
 if __name__ == "__main__":
