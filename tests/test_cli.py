@@ -16,7 +16,7 @@ from conftest import REPO, TINY, compose_config, run_cli
 GROUPS = ("model", "pool", "sampler", "data", "optim", "sched", "trainer", "logger", "experiment")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((REPO / "conf" / group).glob("*.yaml"))]
 # Experiments that set a Transformer family's keys compose with that family.
-EXPERIMENT_FAMILY = {"sst2_quick": "bert", "glue_paper": "bert", "shakespeare_quick": "llama", "imagenet_resnet50": "resnet50"}
+EXPERIMENT_FAMILY = {"sst2_quick": "bert", "glue_paper": "bert", "shakespeare_quick": "llama", "shakespeare_spec": "llama", "imagenet_resnet50": "resnet50"}
 
 
 @pytest.mark.parametrize("group, option", OPTIONS)
