@@ -28,10 +28,12 @@ OLD_KEYS = {
     "bench.calib_images": ("bench", "16"),
     "select.min_accuracy": ("select", "0.8"),
     "trainer.channels_last": ("train", "false"),
+    "trainer.amp": ("train", "true"),
 }
 # How an earlier version wrote what now has the new names: in the saved config, summary.json,
 # grid.json and the checkpoint.
-OLD_CONFIG = {"objective: sampled": "update: draws", "calib_examples: 256": "calib_images: 256", "metric_bar: null": "min_accuracy: 0.05"}
+OLD_CONFIG = {"objective: sampled": "update: draws", "calib_examples: 256": "calib_images: 256", "metric_bar: null": "min_accuracy: 0.05",
+              "precision: auto": "amp: true"}
 
 
 def test_every_renamed_key_is_tested():
@@ -98,7 +100,8 @@ def test_a_checkpoint_config_with_old_keys_reads_with_the_new_ones(old_run):
     cfg = checkpoint_config(load_checkpoint(old_run))
     assert cfg.trainer.objective.value == "sampled"
     assert (cfg.eval.calib_examples, cfg.select.metric_bar, cfg.data.channels_last) == (256, 0.05, True)
-    for section, old in (("trainer", "update"), ("eval", "calib_images"), ("select", "min_accuracy"), ("trainer", "channels_last")):
+    assert cfg.trainer.precision.value == "auto"  # amp=true was bf16 autocast on CUDA alone
+    for section, old in (("trainer", "update"), ("eval", "calib_images"), ("select", "min_accuracy"), ("trainer", "channels_last"), ("trainer", "amp")):
         assert old not in cfg[section]
 
 
@@ -144,3 +147,9 @@ def test_select_reads_an_old_grid(old_run, tmp_path, capsys):
     assert code == 0, err
     selected = json.loads((tmp_path / "sel" / "selected.json").read_text())
     assert selected["bar"]["metric_bar"] == 0.05 and selected["bar"]["min_relative"] is None
+
+
+def test_an_old_amp_setting_reads_as_its_precision():
+    from sortednet_cli.renames import upgrade_config
+
+    assert [upgrade_config({"trainer": {"amp": amp}})["trainer"] for amp in (True, False)] == [{"precision": "auto"}, {"precision": "fp32"}]

@@ -1,4 +1,5 @@
 import csv
+import functools
 import io
 import json
 import math
@@ -255,18 +256,28 @@ def test_resume_may_change_the_memory_format(tmp_path, monkeypatch):
 
 
 def test_a_stalled_step_is_reported_with_its_sub_model(tmp_run, monkeypatch, caplog):
+    """The watchdog reads a clock of the test's own: each reading a millisecond, and step 12 a
+    minute; a loaded machine's slow ordinary steps cannot reach the bar."""
+    clock = {"now": 0.0}
+
+    def read_clock() -> float:
+        clock["now"] += 0.001
+        return clock["now"]
+
     original = train_module.sorted_update
     calls = {"n": 0}
 
     def update(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 12:
-            time.sleep(4.0)  # far longer than the other steps, even on a loaded machine
+            clock["now"] += 60.0
+            time.sleep(1.0)  # the watchdog, polling every 0.1 s, sees the step running
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "sorted_update", update)
+    monkeypatch.setattr(train_module, "StallWatchdog", functools.partial(train_module.StallWatchdog, clock=read_clock))
     console = quiet()
-    cfg = compose_config("train", [*TINY, "trainer.epochs=1", "trainer.stall_factor=3", "trainer.stall_seconds=2"])
+    cfg = compose_config("train", [*TINY, "trainer.epochs=1", "trainer.stall_factor=3", "trainer.stall_seconds=0.4"])
     with caplog.at_level("WARNING", logger="sortednet"):
         train(cfg, tmp_run / "run", console=console)
     warnings = [r.getMessage() for r in caplog.records if "has run for" in r.getMessage()]

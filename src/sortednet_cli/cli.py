@@ -117,13 +117,14 @@ class ClaimRunDir(Callback):
 def refuse_a_trained_run_dir(config: DictConfig) -> None:
     """A train whose hydra.run.dir already holds a run would overwrite that run's .hydra/ record
     at once (and its checkpoint and metrics later), even if it then fails on a bad input."""
-    from .engine.checkpoint import CHECKPOINT_NAME
+    from .engine.checkpoint import CHECKPOINT_NAME, SHARDED_NAME
 
     run_dir = config.hydra.run.dir
-    if os.path.isfile(os.path.join(run_dir, CHECKPOINT_NAME)):
-        what_to_do = ("drop hydra.run.dir: a resumed run continues in its own directory and logs to a new one" if config.get("resume")
-                      else f"continue it with `sortednet train resume={run_dir}`, or train into another hydra.run.dir")
-        raise UserError(f"hydra.run.dir={run_dir} already holds a train run ({CHECKPOINT_NAME}); {what_to_do}")
+    for name in (CHECKPOINT_NAME, SHARDED_NAME):
+        if os.path.lexists(os.path.join(run_dir, name)):
+            what_to_do = ("drop hydra.run.dir: a resumed run continues in its own directory and logs to a new one" if config.get("resume")
+                          else f"continue it with `sortednet train resume={run_dir}`, or train into another hydra.run.dir")
+            raise UserError(f"hydra.run.dir={run_dir} already holds a train run ({name}); {what_to_do}")
 
 
 def config_groups() -> set[str]:

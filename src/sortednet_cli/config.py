@@ -22,6 +22,20 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Strategy(str, Enum):
+    auto = "auto"  # single for one process, ddp under torchrun
+    single = "single"
+    ddp = "ddp"  # torch's DistributedDataParallel
+    fsdp = "fsdp"  # FSDP2: parameters, gradients and optimizer state sharded over the ranks
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 on CUDA, fp32 elsewhere
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast in bfloat16 (fsdp: bf16 parameters and compute, float32 reduction)
+    fp16 = "fp16"  # autocast in float16 with a loss scaler (CUDA only)
+
+
 class Distill(str, Enum):
     none = "none"
     inplace = "inplace"
@@ -77,7 +91,12 @@ class TrainerConfig:
     accum_same_batch: bool = False  # true: the draws of a step share one mini-batch
     seed: int = 0
     device: Device = Device.auto
-    amp: bool = True  # bf16 autocast on CUDA
+    # How the ranks share the training (engine/strategy.py); auto: single, or ddp under torchrun.
+    strategy: Strategy = Strategy.auto
+    precision: Precision = Precision.auto
+    fsdp_cpu_offload: bool = False  # strategy=fsdp on CUDA: sharded parameters, gradients and optimizer state in CPU memory
+    # Recompute each layer's activations in the backward instead of keeping them (the families that have it).
+    gradient_checkpointing: bool = False
     threads: int = 0  # CPU threads, 0 = torch's default
     stall_factor: float = 50.0  # warn when a step runs this many times the recent median...
     stall_seconds: float = 60.0  # ...and at least this long (0 turns the warning off)

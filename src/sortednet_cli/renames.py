@@ -17,9 +17,13 @@ RENAMED_KEYS = {
     "bench.calib_images": "bench.calib_examples",
     "select.min_accuracy": "select.metric_bar",  # in the metric's units: a ceiling for a loss
     "trainer.channels_last": "data.channels_last",  # the memory format is the (image) task's
+    "trainer.amp": "trainer.precision",  # fp32, bf16 or fp16, on every device and strategy
 }
 # new key -> {old value: new value}
-RENAMED_VALUES = {"trainer.objective": {"draws": "sampled"}}
+RENAMED_VALUES = {
+    "trainer.objective": {"draws": "sampled"},
+    "trainer.precision": {True: "auto", False: "fp32"},  # amp=true was bf16 autocast on CUDA only: precision=auto
+}
 # summary.json and grid.json fields: old -> new
 RENAMED_FIELDS = {
     "images_per_second": "examples_per_second",

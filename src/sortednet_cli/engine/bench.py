@@ -38,6 +38,7 @@ from ..sorted.sampler import Sampler
 from ..tasks import Task, build_task
 from .distributed import Distributed
 from .optim import build_optimizer, build_scheduler
+from .strategy import Strategy, autocast_for, resolve_precision
 from .train import LoopState, Run, advance, flush, flush_due, stall_watchdog
 
 QUICK = {"rounds": 5, "steps": 6, "eval_examples": 64, "calib_examples": 64, "grid_rounds": 3}
@@ -203,18 +204,12 @@ class EngineLoop:
 
 
 def bench_trainer(cfg, batch_size: int, all_exits: bool) -> DictConfig:
-    """The composed trainer settings (the family's: amp, gradient clipping, log_every, the stall
+    """The composed trainer settings (the family's: precision, gradient clipping, log_every, the stall
     watchdog, epochs for the schedule) with one draw per step of the bench's batch and seed."""
     trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer or {})
     trainer.merge_with({"batch_size": batch_size, "seed": cfg.seed, "grad_accum": 1, "accum_same_batch": False,
                         "distill": "none", "objective": "all_exits" if all_exits else "sampled", "max_steps": None})
     return trainer
-
-
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 @dataclass
@@ -256,7 +251,8 @@ class BenchContext:
             cfg=OmegaConf.create({"trainer": trainer}), run_dir=self.run_dir, ranks=Distributed(), device=self.device,
             console=self.console, task=task, model=model, pool=pool, sampler=Sampler(pool, self.cfg.seed), batches=batches,
             optimizer=optimizer, scheduler=build_scheduler(self.cfg.sched, optimizer, steps_per_epoch, total_steps),
-            logger=NullLogger(), autocast=_autocast(self.device, trainer.amp), steps_per_epoch=steps_per_epoch,
+            logger=NullLogger(), autocast=autocast_for(self.device, resolve_precision(trainer, self.device)),
+            strategy=Strategy(Distributed(), self.device), steps_per_epoch=steps_per_epoch,
             total_steps=total_steps, start_step=0, elapsed_before=0.0, examples_before=0, resumed=False,
             all_exits=AllExits(all_exits, task.loss) if all_exits is not None else None,
         )

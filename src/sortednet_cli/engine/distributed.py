@@ -1,12 +1,6 @@
-"""Data parallelism across processes started by torchrun.
+"""Processes started by torchrun: the rank, the process group, the few collectives the loop uses.
 
-Every rank draws the same sub-model at every draw (the sampler is a pure function of seed,
-step and draw), reads its own shard of each mini-batch, and gradients are averaged with one
-all-reduce per optimizer step, after all accumulated draws. That is what DDP's no_sync + final
-backward does; it is done here directly because DDP's unused-parameter detection looks only at
-the last forward, while the draws of one step use different blocks (depth) and slices (width).
-BatchNorm is plain per rank: each normalises its own shard (the custom sliced BatchNorm has no
-SyncBatchNorm counterpart); evaluation recalibrates statistics on one process anyway.
+How the ranks share the training (single, ddp, fsdp) is engine/strategy.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from ..errors import UserError
 
@@ -26,6 +19,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (a process group can start, even for one rank)
 
     @property
     def enabled(self) -> bool:
@@ -42,14 +36,14 @@ class Distributed:
 
 def from_environment() -> Distributed:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Distributed()
-    return Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")), launched=True)
 
 
 def init_process_group(info: Distributed, device: torch.device) -> None:
-    if not info.enabled or dist.is_initialized():
+    """The process group of a run under torchrun (ddp and fsdp need one, even on one rank)."""
+    if not info.launched or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
@@ -59,22 +53,10 @@ def init_process_group(info: Distributed, device: torch.device) -> None:
 
 
 def rank_device(device: torch.device, info: Distributed) -> torch.device:
-    if info.enabled and device.type == "cuda":
+    if info.launched and device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
         return torch.device("cuda", info.local_rank)
     return device
-
-
-def average_gradients(model: nn.Module, info: Distributed) -> None:
-    """One all-reduce of every gradient this step produced (the same set on every rank)."""
-    if not info.enabled:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([grad.reshape(-1) for grad in grads])  # each in logical order, whatever its memory format
-    dist.all_reduce(flat)
-    flat /= info.world_size
-    for grad, reduced in zip(grads, flat.split([grad.numel() for grad in grads])):
-        grad.copy_(reduced.view(grad.shape))
 
 
 def average_tensor(values: torch.Tensor, info: Distributed) -> torch.Tensor:
@@ -95,5 +77,5 @@ def any_rank(flag: bool, info: Distributed, device: torch.device) -> bool:
 
 
 def finish(info: Distributed) -> None:
-    if info.enabled and dist.is_initialized():
+    if info.launched and dist.is_initialized():
         dist.destroy_process_group()

@@ -23,7 +23,7 @@ from ..sorted.pool import Pool
 from ..sorted.selection import check_bar, select
 from ..sorted.submodel import SubModel, format_depth, full_submodel
 from ..tasks import Metric, Task, build_task
-from .checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, load_weights, resolve_checkpoint
 from .evaluate import EvalData, evaluate_pool
 from .latency import latency_ms_per_example
 from .overrides import override_keys
@@ -55,7 +55,7 @@ def load_trained(location, device: torch.device) -> TrainedRun:
     path = resolve_checkpoint(location)
     checkpoint = load_checkpoint(path)
     model = build_from_arch(checkpoint["arch"])
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint)
     model = model.to(device).eval()
     return TrainedRun(checkpoint_config(checkpoint), model, Pool.from_dict(checkpoint["pool"]), path, device, checkpoint.get("task"))
 

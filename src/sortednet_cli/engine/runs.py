@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, SHARDED_NAME
 
 
 def _newest(candidates: list[Path], missing: str) -> Path:
@@ -16,8 +16,9 @@ def _newest(candidates: list[Path], missing: str) -> Path:
 
 
 def newest_train_run(outputs: Path = Path("outputs")) -> Path:
-    candidates = list(outputs.glob(f"train/*/{CHECKPOINT_NAME}")) + list(outputs.glob(f"multirun/train/*/*/{CHECKPOINT_NAME}"))
-    missing = f"no train run with a {CHECKPOINT_NAME} under {outputs.resolve()}; pass checkpoint=<run dir or .pt>"
+    candidates = [path for name in (CHECKPOINT_NAME, SHARDED_NAME)
+                  for path in (*outputs.glob(f"train/*/{name}"), *outputs.glob(f"multirun/train/*/*/{name}"))]
+    missing = f"no train run with a {CHECKPOINT_NAME} or {SHARDED_NAME} under {outputs.resolve()}; pass checkpoint=<run dir or .pt>"
     return _newest(candidates, missing).parent
 
 

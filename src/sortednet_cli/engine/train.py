@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..jsonfiles import read_json, write_json
-from ..models import build_from_arch, build_model
+from ..models import FAMILIES, build_from_arch, build_model, family_named, family_of
 from ..models.cost import mflops_per_example
 from ..renames import upgrade_record
 from ..reports.console import make_console
@@ -39,14 +39,16 @@ from ..sorted.distill import InplaceDistillation
 from ..sorted.exits import AllExits, ExitTraining
 from ..sorted.update import DrawLoss, Forward, plain_loss, sorted_update, sub_forward
 from ..tasks import Task, build_task
+from . import sharded
 from .checkpoint import CHECKPOINT_NAME, TRAIN_FORMAT, checkpoint_config, load_checkpoint, resolve_checkpoint, save_atomic
 from .claim import claimed
-from .distributed import Distributed, any_rank, average_gradients, average_tensor, finish as finish_ranks, from_environment, init_process_group, rank_device
+from .distributed import Distributed, any_rank, average_tensor, finish as finish_ranks, from_environment, init_process_group, rank_device
 from .eval_grid import check_grid_settings, run_grid
 from .evaluate import EvalData, evaluate_pool
 from .optim import build_optimizer, build_scheduler
 from .overrides import overlay, override_keys
 from .runtime import configure_backend, select_device
+from .strategy import Strategy, autocast_for, build_strategy, resolve_precision, resolve_strategy
 from .watchdog import StallWatchdog
 
 SUMMARY_FILE = "summary.json"
@@ -61,6 +63,9 @@ RESUMABLE_KEYS = (
     "trainer.eval_grid",
     "trainer.stall_factor",
     "trainer.stall_seconds",
+    "trainer.strategy",  # single, ddp and fsdp train the same steps: a run may resume on another world size
+    "trainer.fsdp_cpu_offload",
+    "trainer.gradient_checkpointing",  # memory against time, the same gradients
     "logger",
     "data.root",
     "data.path",
@@ -113,6 +118,7 @@ class Run:
     scheduler: Any
     logger: Any
     autocast: Callable[[], ContextManager]
+    strategy: Strategy
     steps_per_epoch: int
     total_steps: int
     start_step: int
@@ -120,6 +126,8 @@ class Run:
     examples_before: int  # training examples seen before this process (resumed runs)
     resumed: bool
     all_exits: Optional[AllExits] = None  # trainer.objective=all_exits
+    scaler: Optional[torch.amp.GradScaler] = None  # trainer.precision=fp16
+    precision: str = "fp32"  # trainer.precision, auto resolved
 
 
 @dataclass
@@ -231,25 +239,27 @@ def set_up(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], console: Op
     console = (console or make_console()) if ranks.is_main else Console(file=io.StringIO())
     cfg, run_dir, checkpoint = open_run(cfg, Path(run_dir), overrides, ranks, console, claims)
     trainer = cfg.trainer
-    device = start_device(trainer, ranks)
+    device, strategy, precision = start_device(cfg, ranks)
     task, model = build_task_and_model(cfg, device, checkpoint)
     pool = pool_from_config(cfg.pool, model.depth_limits)
     batches = task.train_batches(trainer.batch_size, trainer.seed)
     example = task.example_input(1)
     sampler = build_sampler(cfg.sampler, pool, trainer.seed, cost=lambda sub: mflops_per_example(model, sub, example))
     steps_per_epoch, total_steps = count_steps(trainer, len(batches))
+    model = prepare_model(trainer, model, strategy, precision)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
-    start_step, elapsed_before, examples_before = restore_training_state(checkpoint, model, optimizer, scheduler, device)
+    scaler = strategy.gradient_scaler() if precision == "fp16" else None
+    start_step, elapsed_before, examples_before = restore_training_state(checkpoint, model, optimizer, scheduler, scaler, strategy)
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     logger = build_logger(cfg.logger, run_dir, config_dict, resume_step=start_step if checkpoint else None) if ranks.is_main else NullLogger()
     run = Run(
         cfg=cfg, run_dir=run_dir, ranks=ranks, device=device, console=console,
         task=task, model=model, pool=pool, sampler=sampler, batches=batches,
-        optimizer=optimizer, scheduler=scheduler, logger=logger, autocast=autocast_for(device, trainer.amp),
+        optimizer=optimizer, scheduler=scheduler, logger=logger, autocast=autocast_for(device, precision), strategy=strategy,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         start_step=start_step, elapsed_before=elapsed_before, examples_before=examples_before, resumed=checkpoint is not None,
-        all_exits=all_exits_for(trainer, pool, task, total_steps),
+        all_exits=all_exits_for(trainer, pool, task, total_steps), scaler=scaler, precision=precision,
     )
     announce(run)
     if trainer.distill.value == "inplace":
@@ -285,15 +295,34 @@ def open_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], ranks: Di
     return cfg, run_dir, checkpoint
 
 
-def start_device(trainer, ranks: Distributed) -> torch.device:
-    """The trainer settings checked, then this rank's device, its process group and threads."""
+def start_device(cfg: DictConfig, ranks: Distributed) -> tuple[torch.device, Strategy, str]:
+    """The trainer settings checked, then this rank's device, its process group and threads, the
+    strategy sharing the training over the ranks and the precision (fp32, bf16 or fp16)."""
+    trainer = cfg.trainer
     validate_trainer(trainer)
     if trainer.batch_size % ranks.world_size:
         raise UserError(f"trainer.batch_size={trainer.batch_size} (the global batch) must divide evenly over {ranks.world_size} ranks")
+    check_gradient_checkpointing(cfg)
     device = rank_device(select_device(trainer.device.value), ranks)
+    strategy_name, precision = resolve_strategy(trainer, ranks, device), resolve_precision(trainer, device)
     init_process_group(ranks, device)
     configure_backend(device, trainer.threads)
-    return device
+    return device, build_strategy(strategy_name, trainer, ranks, device), precision
+
+
+def check_gradient_checkpointing(cfg: DictConfig) -> None:
+    if cfg.trainer.gradient_checkpointing and family_named(cfg.model.name).gradient_checkpointing is None:
+        having = [name for name in FAMILIES.names() if FAMILIES.get(name).gradient_checkpointing is not None]
+        raise UserError(f"trainer.gradient_checkpointing=true: model={cfg.model.name} has no activation checkpointing "
+                        f"(these do: {', '.join(having)})")
+
+
+def prepare_model(trainer, model: nn.Module, strategy: Strategy, precision: str) -> nn.Module:
+    """Gradient checkpointing switched on where asked, then the model wrapped or sharded by its
+    strategy (before its optimizer is built: under fsdp the optimizer holds the shards)."""
+    if trainer.gradient_checkpointing:
+        family_of(model).gradient_checkpointing(model)
+    return strategy.prepare(model, precision)
 
 
 def build_task_and_model(cfg: DictConfig, device: torch.device, checkpoint: Optional[dict]) -> tuple[Task, nn.Module]:
@@ -322,26 +351,27 @@ def count_steps(trainer, batches_per_epoch: int) -> tuple[int, int]:
 
 
 def restore_training_state(checkpoint: Optional[dict], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                           device: torch.device) -> tuple[int, float, int]:
+                           scaler: Optional[torch.amp.GradScaler], strategy: Strategy) -> tuple[int, float, int]:
     """A resumed run's weights, optimizer, schedule and random state put back; returns the step
-    it continues from, the seconds and the training examples before it (0s for a new run)."""
+    it continues from, the seconds and the training examples before it (0s for a new run).
+    Either checkpoint (last.pt, sharded) resumes under any strategy and world size."""
     if checkpoint is None:
         return 0, 0.0, 0
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    if "sharded" in checkpoint:
+        sharded.load_sharded(model, optimizer, Path(checkpoint["sharded"]))
+    elif strategy.shards_checkpoints:
+        sharded.load_full_into_sharded(model, optimizer, checkpoint["model"], checkpoint["optimizer"])
+    else:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
-    if "cuda" in checkpoint["rng"] and device.type == "cuda":  # dropout on the GPU continues exactly
+    if "cuda" in checkpoint["rng"] and strategy.device.type == "cuda":  # dropout on the GPU continues exactly
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
     # Checkpoints of earlier versions count the examples under "images".
     return checkpoint["step"], checkpoint["elapsed_s"], checkpoint.get("examples", checkpoint.get("images", 0))
-
-
-def autocast_for(device: torch.device, amp: bool) -> Callable[[], ContextManager]:
-    """bf16 autocast on CUDA with trainer.amp; elsewhere nothing."""
-    if device.type == "cuda" and amp:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def announce(run: Run) -> None:
@@ -353,7 +383,7 @@ def announce(run: Run) -> None:
         + (" (every exit of the drawn width)" if run.all_exits is not None else "")
         + f", grad_accum {trainer.grad_accum}, "
         f"{trainer.epochs} epochs x {run.steps_per_epoch} steps on {run.device}"
-        + (f" x {run.ranks.world_size} ranks" if run.ranks.enabled else "")
+        + (f" x {run.ranks.world_size} ranks" if run.ranks.enabled else "") + f" ({run.strategy.name}, {run.precision})"
         + (f", at most {run.total_steps} steps" if trainer.max_steps is not None else "")
         + f"; run dir {run.run_dir}",
         highlight=False,
@@ -364,26 +394,29 @@ def announce(run: Run) -> None:
 
 
 def save_checkpoint(run: Run, state: LoopState) -> Path:
+    """last.pt, written by rank 0; under fsdp, a sharded checkpoint every rank writes its part of
+    (a collective call). Either replaces the other (a run resumed under another strategy)."""
+    meta = {
+        "format": TRAIN_FORMAT,
+        "arch": run.model.arch,
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if run.device.type == "cuda" else {})},
+        "step": state.done,
+        "elapsed_s": run.elapsed_before + time.perf_counter() - state.start_time,
+        "examples": state.examples,
+        "config": OmegaConf.to_yaml(run.cfg, resolve=True),
+        "pool": run.pool.to_dict(),
+        "task": run.task.state(),
+    }
     path = run.run_dir / CHECKPOINT_NAME
-    if not run.ranks.is_main:
-        return path
-    save_atomic(
-        {
-            "format": TRAIN_FORMAT,
-            "model": run.model.state_dict(),
-            "arch": run.model.arch,
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if run.device.type == "cuda" else {})},
-            "step": state.done,
-            "elapsed_s": run.elapsed_before + time.perf_counter() - state.start_time,
-            "examples": state.examples,
-            "config": OmegaConf.to_yaml(run.cfg, resolve=True),
-            "pool": run.pool.to_dict(),
-            "task": run.task.state(),
-        },
-        path,
-    )
+    if run.strategy.shards_checkpoints:
+        path = sharded.save_sharded(run.model, run.optimizer, meta, run.run_dir, run.ranks.is_main)
+        if run.ranks.is_main:
+            (run.run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    elif run.ranks.is_main:
+        save_atomic({**meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict()}, path)
+        sharded.remove(run.run_dir)
     state.saved_step = state.done
     return path
 
@@ -461,9 +494,8 @@ def train_step(run: Run, plan: StepPlan) -> list[PendingDraw]:
 
     lr = run.scheduler.get_last_lr()[0]
     forward, loss_fn = draw_objective(run, plan.step)
-    losses = sorted_update(run.model, run.optimizer, draws(), len(subs), loss_fn, run.autocast,
-                           before_step=lambda: average_gradients(run.model, run.ranks),
-                           clip_grad_norm=trainer.clip_grad_norm, forward=forward)
+    losses = sorted_update(run.strategy.step_model(run.model), run.optimizer, draws(), len(subs), loss_fn, run.autocast,
+                           clip_grad_norm=trainer.clip_grad_norm, forward=run.strategy.step_forward(forward, len(subs)), scaler=run.scaler)
     run.scheduler.step()
     if run.all_exits is None:
         return [PendingDraw(epoch, plan.step + 1, d, sub, loss, lr) for d, (sub, loss) in enumerate(zip(subs, losses))]
@@ -543,6 +575,9 @@ def run_loop(run: Run) -> LoopState:
 
 def finish(run: Run, state: LoopState) -> TrainResult:
     wall = time.perf_counter() - state.start_time
+    # What needs every rank first: an interrupted run's checkpoint, the trained model's whole weights.
+    saved = save_checkpoint(run, state) if state.interrupted else None
+    model = run.model if state.interrupted else run.strategy.full_model(run.model)
     finish_ranks(run.ranks)
     summary = {
         "final_loss": sum(state.last_losses) / len(state.last_losses) if state.last_losses else None,
@@ -562,8 +597,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         trained = upgrade_record(read_json(previous))
         summary.update({k: trained[k] for k in ("final_loss", "examples_per_second", "wall_seconds") if k in trained})
     if state.interrupted:
-        path = save_checkpoint(run, state)
-        run.console.print(f"interrupted after step {state.done}; checkpoint saved to {path}")
+        run.console.print(f"interrupted after step {state.done}; checkpoint saved to {saved}")
         run.console.print(f"resume with: sortednet train resume={run.run_dir}", highlight=False)
         if run.ranks.is_main:
             write_json(run.run_dir / SUMMARY_FILE, {**summary, "interrupted": True})
@@ -575,15 +609,15 @@ def finish(run: Run, state: LoopState) -> TrainResult:
     eval_data = EvalData.from_task(run.task, cfg.eval)
     members = quick_eval_members(run.pool)
     if cfg.trainer.eval_grid:  # the grid measures the quick three too
-        scores = run_grid(run.model, run.pool, eval_data, cfg.eval, cfg.select, run.run_dir, str(run.run_dir / CHECKPOINT_NAME), run.console, run.device)
+        scores = run_grid(model, run.pool, eval_data, cfg.eval, cfg.select, run.run_dir, str(resolve_checkpoint(run.run_dir)), run.console, run.device)
     else:
-        scores = evaluate_pool(run.model, Pool("quick", tuple(members)), eval_data, cfg.eval, method="naive")
+        scores = evaluate_pool(model, Pool("quick", tuple(members)), eval_data, cfg.eval, method="naive")
     quick = [{"width": s.width, "depth": format_depth(s.depth), metric.name: scores[s]} for s in members]
     run.console.print(metric_table(quick, metric, title=f"quick evaluation on {run.task.eval_name} ({eval_data.eval_size} examples)"))
     summary["quick_eval"] = quick
     write_json(run.run_dir / SUMMARY_FILE, summary)
     run.logger.log_summary(summary)
-    return TrainResult(run.run_dir, summary, run.model)
+    return TrainResult(run.run_dir, summary, model)
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), console: Optional[Console] = None) -> TrainResult:

@@ -43,15 +43,16 @@ def sorted_update(
     num_draws: int,
     loss_fn: DrawLoss,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-    before_step: Callable[[], None] = lambda: None,
     clip_grad_norm: Optional[float] = None,
     forward: Forward = sub_forward,
+    scaler: Optional[torch.amp.GradScaler] = None,
 ) -> list[torch.Tensor]:
     """Train each drawn (sub-model, inputs, targets) on loss / num_draws, then step once.
 
-    `before_step` runs once the gradients of all draws are in (data parallelism averages them
-    there: one all-reduce per step); the gradient norm is clipped after it, over the step's
-    accumulated gradient. `forward` computes a draw's outputs (by default `model(inputs, sub)`).
+    The gradient norm is clipped over the step's accumulated gradient (once data parallelism
+    has averaged it: its wrapper does in the last draw's backward). `forward` computes a draw's
+    outputs (by default `model(inputs, sub)`). `scaler` (fp16): losses scaled for the backward,
+    gradients unscaled before clipping, the step skipped where they overflowed.
     Returns the per-draw losses (scalars, or each exit's loss), detached and still on the device
     (no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
@@ -60,10 +61,16 @@ def sorted_update(
         with autocast():
             loss = loss_fn(sub, forward(model, sub, inputs, draw), targets)
         objective, logged = (loss.objective, loss.per_exit) if isinstance(loss, ExitLoss) else (loss, loss)
-        (objective / num_draws).backward()
+        objective = objective / num_draws
+        (objective if scaler is None else scaler.scale(objective)).backward()
         losses.append(logged.detach())
-    before_step()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if clip_grad_norm is not None:
         nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm, foreach=True)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     return losses
