@@ -158,4 +158,8 @@ class TestModelFamilyInputs:
                                   ([f"resume={llama_run}"], "drop hydra.run.dir")):
             code, _, err = run_cli(["train", *extra, f"hydra.run.dir={llama_run}"], capsys)
             assert f"hydra.run.dir={llama_run} already holds a train run (last.pt); {what_to_do}" in one_line(code, err)
+        # nor may another command write its own .hydra/ record over the run's
+        for command in ("eval-grid", "export", "generate"):
+            code, _, err = run_cli([command, f"checkpoint={llama_run}", f"hydra.run.dir={llama_run}"], capsys)
+            assert f"hydra.run.dir={llama_run} already holds a train run (last.pt); its .hydra/ record is the run's own: give {command} a directory of its own" in one_line(code, err)
         assert snapshot(llama_run) == before

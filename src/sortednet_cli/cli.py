@@ -108,23 +108,29 @@ class ClaimRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             claim(config.hydra.run.dir)
-            if config.hydra.job.name == "train":
-                refuse_a_trained_run_dir(config)
+            refuse_a_trained_run_dir(config)
         except UserError as exc:  # Hydra would turn an exception here into a warning and go on
             fail(str(exc))
 
 
 def refuse_a_trained_run_dir(config: DictConfig) -> None:
-    """A train whose hydra.run.dir already holds a run would overwrite that run's .hydra/ record
-    at once (and its checkpoint and metrics later), even if it then fails on a bad input."""
+    """A command whose hydra.run.dir already holds a train run would overwrite that run's .hydra/
+    record at once (which report and resume read), and a train its checkpoint and metrics later,
+    even if it then fails on a bad input."""
     from .engine.checkpoint import CHECKPOINT_NAME, SHARDED_NAME
 
-    run_dir = config.hydra.run.dir
+    run_dir, command = config.hydra.run.dir, config.hydra.job.name
     for name in (CHECKPOINT_NAME, SHARDED_NAME):
-        if os.path.lexists(os.path.join(run_dir, name)):
-            what_to_do = ("drop hydra.run.dir: a resumed run continues in its own directory and logs to a new one" if config.get("resume")
-                          else f"continue it with `sortednet train resume={run_dir}`, or train into another hydra.run.dir")
-            raise UserError(f"hydra.run.dir={run_dir} already holds a train run ({name}); {what_to_do}")
+        if not os.path.lexists(os.path.join(run_dir, name)):
+            continue
+        if command != "train":
+            what_to_do = (f"its .hydra/ record is the run's own: give {command} a directory of its own "
+                          f"(`sortednet train resume={run_dir}` re-runs a finished run's evaluation in place)")
+        elif config.get("resume"):
+            what_to_do = "drop hydra.run.dir: a resumed run continues in its own directory and logs to a new one"
+        else:
+            what_to_do = f"continue it with `sortednet train resume={run_dir}`, or train into another hydra.run.dir"
+        raise UserError(f"hydra.run.dir={run_dir} already holds a train run ({name}); {what_to_do}")
 
 
 def config_groups() -> set[str]:
