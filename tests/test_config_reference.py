@@ -33,6 +33,8 @@ UNNAMED = {
     "sub.kind": "the option of the sub group",
     # bench composes the training groups only so that a model family may choose its own; unused.
     "bench:optim": "unused by bench", "bench:sched": "unused by bench", "bench:trainer": "unused by bench",
+    # describe composes them so that a model family or an experiment may set them; its estimate reads the trainer only.
+    "describe:optim": "unused by describe", "describe:sched": "unused by describe", "describe:eval": "unused by describe",
 }
 # A bold default that is not the group default option's value, but that of the options the key is for.
 VALUE_OF = {
@@ -290,9 +292,10 @@ COMMANDS = {
     "generate": ("`sortednet generate` keys: ", None),
     "bench_decode": ("`sortednet bench-decode` keys: ", None),
     "report": ("`sortednet report` keys: ", None),
+    "describe": ("`sortednet describe` keys: ", None),
 }
 # Settings nodes whose every key the paragraph names one by one (others: `eval.*` or a group).
-OWN_SETTINGS = {"bench": "bench", "generate": "generate", "bench_decode": "bench"}
+OWN_SETTINGS = {"bench": "bench", "generate": "generate", "bench_decode": "bench", "describe": "memory"}
 
 
 def command_items(command: str) -> list[tuple[list[str], str]]:

@@ -16,7 +16,7 @@ from sortednet_cli.models import build_model, family_named
 from sortednet_cli.sorted.submodel import SubModel
 from sortednet_cli.tasks import build_task
 
-from conftest import compose_config, tiny_text_overrides
+from conftest import compose_config, run_cli, tiny_text_overrides
 
 PLAN = TrainingPlan("single", 1, "fp32", gradient_checkpointing=False, cpu_offload=False, batch_size=4, seq_len=16)
 
@@ -147,3 +147,58 @@ def test_the_saved_activations_are_within_a_tenth_of_torchs_count(precision, glu
             measured = measured_saved_bytes(model, inputs, exits, lambda logits: task.loss(logits, targets)) - casts
         estimated = saved_activation_bytes(shape, dataclasses.replace(plan, exits=len(exits)))
         assert 0.9 < estimated / measured < 1.1, (exits, estimated, measured)
+
+
+def test_describe_prints_the_estimate_and_writes_memory_json(glue_root, text_path, tmp_path, capsys):
+    import json
+
+    args = ["describe", *tiny_text_overrides("llama", glue_root, text_path), "pool=full", f"hydra.run.dir={tmp_path}", "memory.world_size=2",
+            "trainer.strategy=fsdp", "trainer.precision=bf16", "trainer.gradient_checkpointing=true"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    written = json.loads((tmp_path / "memory.json").read_text())
+    assert written["plan"] == {"strategy": "fsdp", "world_size": 2, "precision": "bf16", "gradient_checkpointing": True, "cpu_offload": False,
+                               "batch_size": 16, "seq_len": 16, "exits": 1}  # trainer.batch_size 32 over 2 ranks; data.block_size
+    assert "memory per rank" in out and f"{written['device_gib']:.2f} GiB on the device" in out
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["memory.world_size=3"], "trainer.batch_size=32 (the global batch) must divide evenly over memory.world_size=3 ranks"),
+    (["memory.world_size=2", "trainer.strategy=single"], "trainer.strategy=single runs one process, not memory.world_size=2"),
+    (["trainer.fsdp_cpu_offload=true"], "trainer.fsdp_cpu_offload=true needs trainer.strategy=fsdp (got single)"),
+])
+def test_a_bad_memory_setting_is_one_line(bad, message, glue_root, text_path, tmp_path, capsys):
+    code, _, err = run_cli(["describe", *tiny_text_overrides("llama", glue_root, text_path), *bad, f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_family_without_a_memory_shape_says_so(tmp_path, capsys):
+    code, out, err = run_cli(["describe", "pool=full", f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 0, err
+    assert "memory per rank: not estimated for model=cpreresnet20" in out and not (tmp_path / "memory.json").exists()
+    code, _, err = run_cli(["describe", "pool=full", "memory.only=true", f"hydra.run.dir={tmp_path}"], capsys)
+    assert code == 2 and "memory.only=true: model=cpreresnet20 has no memory estimate" in err
+
+
+def test_the_7b_experiment_fits_80_gb_per_gpu_on_8(tmp_path, capsys):
+    """experiment=soft_llama7b as composed (fsdp, bf16, checkpointing, all seven exits), its model
+    a Llama-2-7B config.json with no weights beside it, described with memory.only (no model
+    built): under 80 GB per rank. The same model trained on one GPU in plain float32 needs more
+    than that for its parameters, gradients and AdamW's states alone."""
+    import json
+
+    from sortednet_cli.engine.describe import describe_memory
+
+    overrides = ["experiment=soft_llama7b", f"model.pretrained={write_llama2_7b_config(tmp_path / 'llama2_7b')}",
+                 f"data.path={tmp_path / 'no_such.jsonl'}"]
+    code, out, err = run_cli(["describe", *overrides, "memory.world_size=8", "memory.only=true", f"hydra.run.dir={tmp_path / 'out'}"], capsys)
+    assert code == 0, err
+    written = json.loads((tmp_path / "out" / "memory.json").read_text())
+    assert written["parameters"] == 6_738_415_616 and not (tmp_path / "out" / "pool.csv").exists()
+    assert written["plan"] == {"strategy": "fsdp", "world_size": 8, "precision": "bf16", "gradient_checkpointing": True, "cpu_offload": False,
+                               "batch_size": 4, "seq_len": 512, "exits": 7}
+    assert written["device_bytes"] < 80e9
+    alone = describe_memory(compose_config("describe", [*overrides, "trainer.strategy=single", "trainer.precision=fp32",
+                                                        "trainer.gradient_checkpointing=false", "trainer.batch_size=4"]))
+    assert alone.of("parameters") + alone.of("gradients") + alone.of("optimizer") > 80e9
+    assert not (tmp_path / "no_such.jsonl").exists()

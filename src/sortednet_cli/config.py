@@ -251,14 +251,26 @@ class BenchConfig:
 
 
 @dataclass
+class MemorySettings:
+    """describe's memory estimate (engine/memory.py): the ranks a run would train on; the rest is
+    the trainer's (trainer.strategy, precision, gradient_checkpointing, fsdp_cpu_offload, batch_size)."""
+
+    world_size: int = 1  # torchrun's nodes x processes per node; trainer.batch_size is split over them
+    # The estimate alone: no model built, no pool table (a 7B model's table builds it in float32 on the CPU).
+    only: bool = False
+
+
+@dataclass
 class DescribeConfig:
     model: Any = MISSING
     pool: PoolConfig = MISSING
     data: Any = MISSING  # the task's example input is what FLOPs are counted on
-    # Unused here: composed so that a model family's choice of them (model/<family>.yaml) applies.
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    # Composed so that a model family's choice of them (model/<family>.yaml) and an experiment apply.
     optim: Any = None
     sched: Any = None
     trainer: Any = None
+    eval: Any = None  # unused here: an experiment may set it
 
 
 @dataclass

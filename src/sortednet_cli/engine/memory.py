@@ -8,7 +8,8 @@ norm, head), N ranks, c the compute precision's bytes per element (4 in fp32, 2 
 Parameters, gradients, optimizer state (AdamW: exp_avg and exp_avg_sq, both float32):
   single, ddp: the parameters stay float32 (4P; in bf16 and fp16, autocast's mixed precision, they
       are the master weights: no other copy), gradients 4P, AdamW 8P. Autocast keeps the
-      low-precision cast of every weight for the backward: cP more in bf16 and fp16.
+      low-precision cast of each linear layer's weight for the backward: at most cP more in bf16
+      and fp16 (counted as cP: the embeddings and norms, which it does not cast, included).
       ddp: its gradient buckets hold another float32 copy of the gradients (4P), the default of
       torch's DistributedDataParallel (gradient_as_bucket_view=False).
   fsdp: the float32 parameters, their gradients and AdamW's states are sharded over the ranks,
@@ -87,6 +88,7 @@ class MemoryLine:
 @dataclass(frozen=True)
 class MemoryEstimate:
     plan: TrainingPlan
+    parameters: int  # of the full model
     lines: list[MemoryLine]
 
     @property
@@ -166,10 +168,10 @@ def estimate_memory(shape: TransformerShape, plan: TrainingPlan) -> MemoryEstima
             MemoryLine("optimizer", 8 * P, "AdamW's two float32 states"),
         ]
         if compute < 4:
-            lines.append(MemoryLine("weight casts", compute * P, f"autocast's {plan.precision} copy of every weight, kept for the backward"))
+            lines.append(MemoryLine("weight casts", compute * P, f"autocast's {plan.precision} casts of the weights, kept for the backward (at most)"))
         if plan.strategy == "ddp":
             lines.append(MemoryLine("gradient buckets", 4 * P, "DistributedDataParallel's float32 buckets"))
-    checkpointing = "checkpointed: layer inputs + one layer" if plan.gradient_checkpointing else "every layer's saved tensors"
-    lines.append(MemoryLine("activations", activation_bytes(shape, plan),
-                            f"{plan.batch_size} x {plan.seq_len} tokens, {checkpointing}, {plan.exits} exit(s) in the pass"))
-    return MemoryEstimate(plan, lines)
+    checkpointing = "checkpointed (layer inputs, one layer recomputed)" if plan.gradient_checkpointing else "every layer's saved tensors"
+    exits = f"{plan.exits} exits" if plan.exits > 1 else "1 exit"
+    lines.append(MemoryLine("activations", activation_bytes(shape, plan), f"{plan.batch_size} x {plan.seq_len} tokens, {checkpointing}, {exits}"))
+    return MemoryEstimate(plan, P, lines)
