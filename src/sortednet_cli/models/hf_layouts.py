@@ -49,6 +49,13 @@ def _rows(weight: torch.Tensor, *spans: tuple[int, int]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def _plain_rotary(rotary: nn.Module) -> bool:
+    """Rotary tables whose frequencies do not depend on the longest position in the call:
+    every rope type but the dynamic ones and longrope (which rescale by that length)."""
+    rope_type = getattr(rotary, "rope_type", "default")
+    return isinstance(rope_type, str) and "dynamic" not in rope_type and rope_type != "longrope"
+
+
 class Layout:
     """What every layout declares. Sizes are read through the library config's own attribute
     names (its attribute_map makes num_hidden_layers, hidden_size and num_attention_heads work
@@ -66,13 +73,6 @@ class Layout:
 
     def ffn(self, config) -> int:
         return getattr(config, self.ffn_key)
-def _plain_rotary(rotary: nn.Module) -> bool:
-    """Rotary tables whose frequencies do not depend on the longest position in the call:
-    every rope type but the dynamic ones and longrope (which rescale by that length)."""
-    rope_type = getattr(rotary, "rope_type", "default")
-    return isinstance(rope_type, str) and "dynamic" not in rope_type and rope_type != "longrope"
-
-
 
     def heads(self, config) -> int:
         return config.num_attention_heads
@@ -132,6 +132,16 @@ class DecoderLayout(Layout):
         """Layer `index`'s sliding attention window, None for full attention."""
         return None
 
+    def positions_sliceable(self, hf: nn.Module) -> bool:
+        """Whether the position embeddings of positions a..b-1 equal rows a..b-1 of one table for
+        positions 0..n-1 (decoding then builds one table per generation and slices it)."""
+        return True
+
+    def slice_positions(self, table: Any, start: int, count: int) -> Any:
+        """Positions start..start+count-1 of a table from `position_embeddings` (cos and sin
+        [batch, positions, dim]), as views; None stays None."""
+        return None if table is None else tuple(part[:, start:start + count] for part in table)
+
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
                   cache: Optional[hf_compat.LayerCache] = None, cut: Optional[LayerCut] = None) -> torch.Tensor:
         extra = {} if position_embeddings is None else {"position_embeddings": position_embeddings}
@@ -149,16 +159,6 @@ class DecoderLayout(Layout):
 class RotaryDecoder(DecoderLayout):
     """LLaMA's layout and its relatives: model.layers of (self_attn, mlp), rotary tables from
     model.rotary_emb, final model.norm and lm_head. Quirks handled here: Qwen2's q/k/v biases,
-    def positions_sliceable(self, hf: nn.Module) -> bool:
-        """Whether the position embeddings of positions a..b-1 equal rows a..b-1 of one table for
-        positions 0..n-1 (decoding then builds one table per generation and slices it)."""
-        return True
-
-    def slice_positions(self, table: Any, start: int, count: int) -> Any:
-        """Positions start..start+count-1 of a table from `position_embeddings` (cos and sin
-        [batch, positions, dim]), as views; None stays None."""
-        return None if table is None else tuple(part[:, start:start + count] for part in table)
-
     Qwen3's and OLMo2's q/k norms (OLMo2's span all heads, so its heads are not cut), Phi-3's
     fused qkv_proj and gate_up_proj (its attention splits qkv by the config's head count, so its
     heads are not cut), Mistral's, Qwen's and Gemma 2's sliding windows, Gemma's scaled
@@ -182,6 +182,9 @@ class RotaryDecoder(DecoderLayout):
     def position_embeddings(self, hf, hidden, positions):
         return hf.model.rotary_emb(hidden, position_ids=positions)
 
+    def positions_sliceable(self, hf):
+        return _plain_rotary(hf.model.rotary_emb)
+
     def window(self, hf, index):
         attention = self.layers(hf)[index].self_attn
         if hasattr(attention, "sliding_window"):  # per layer (Qwen2, Qwen3, Gemma 2: layer_types)
@@ -199,9 +202,6 @@ class RotaryDecoder(DecoderLayout):
     def slices(self, layer, config, heads, kv_heads, ffn):
         slices: Slices = {}
         attention, mlp = layer.self_attn, layer.mlp
-    def positions_sliceable(self, hf):
-        return _plain_rotary(hf.model.rotary_emb)
-
         head_dim, full_ffn = self.head_dim(config), self.ffn(config)
         if heads < self.heads(config):
             for name, count in (("q_proj", heads), ("k_proj", kv_heads), ("v_proj", kv_heads)):
@@ -305,6 +305,9 @@ class NeoXDecoder(DecoderLayout):
     def position_embeddings(self, hf, hidden, positions):
         return hf.gpt_neox.rotary_emb(hidden, position_ids=positions)
 
+    def positions_sliceable(self, hf):
+        return _plain_rotary(hf.gpt_neox.rotary_emb)
+
     def logits(self, hf, hidden):
         return hf.lm_head(hf.gpt_neox.final_layer_norm(hidden))
 
@@ -321,9 +324,6 @@ class NeoXDecoder(DecoderLayout):
         if ffn < self.ffn(config):
             slices["mlp.dense_h_to_4h.weight"] = mlp.dense_h_to_4h.weight[:ffn]
             slices["mlp.dense_h_to_4h.bias"] = mlp.dense_h_to_4h.bias[:ffn]
-    def positions_sliceable(self, hf):
-        return _plain_rotary(hf.gpt_neox.rotary_emb)
-
             slices["mlp.dense_4h_to_h.weight"] = mlp.dense_4h_to_h.weight[:, :ffn]
         return slices
 
