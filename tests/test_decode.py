@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from sortednet_cli.decode import DraftSchedule, ExitDecoder, library_assistant_early_exit, library_greedy, teacher_forced_agreement
+from sortednet_cli.decode import ExitDecoder, library_assistant_early_exit, library_greedy, teacher_forced_agreement
+from sortednet_cli.decode.engine import DecodeCosts, choose_draft, expected_tokens
 from sortednet_cli.decode.bench import bench_decode, plot_decode
 from sortednet_cli.errors import UserError
 from sortednet_cli.models import hf_compat
@@ -231,18 +232,107 @@ def test_trained_exit_three_of_four_gets_drafts_accepted(decoder, prompts):
     assert decoder.speculative(prompts[0], 100, 3, 4).stats["acceptance_rate"] > 0
 
 
-def test_auto_draft_length_schedule():
-    schedule = DraftSchedule("auto", 4)
-    schedule.update(4, 4)
-    assert schedule.length == 6
-    schedule.update(6, 2)
-    assert schedule.length == 5
-    for _ in range(10):
-        schedule.update(schedule.length, schedule.length)
-    assert schedule.length == DraftSchedule.MAX
-    fixed = DraftSchedule(3)
-    fixed.update(3, 3)
-    assert fixed.length == 3
+def test_the_chooser_takes_the_argmax_of_expected_tokens_per_second():
+    """choose_draft against its formula written out here: a round of K drafts from exit E costs
+    (K + 1)(E layer + step) + K head + (L - E)(layer + K per_position) + head + K head_per_position
+    + round, and yields 1 + a + ... + a^K tokens on average."""
+    costs = DecodeCosts(layer=1.0, layer_per_position=0.2, head=0.5, head_per_position=0.05, step=0.1, round=0.3)
+    layers = 6
+
+    def rate(a, exit, k):
+        seconds = (k + 1) * (exit * 1.0 + 0.1) + k * 0.5 + (layers - exit) * (1.0 + k * 0.2) + 0.5 + k * 0.05 + 0.3
+        return sum(a ** i for i in range(k + 1)) / seconds
+
+    acceptance = {1: 0.3, 2: 0.8, 3: 0.95, 5: 0.99}
+    lengths = range(0, 17)
+    expected = max(((e, k) for e in acceptance for k in lengths), key=lambda ek: rate(acceptance[ek[0]], *ek))
+    assert choose_draft(costs, acceptance, layers, lengths) == expected == (3, 4)
+    assert costs.round_seconds(layers, 2, 0) == pytest.approx(6 * 1.0 + 0.5 + 0.1 + 0.3)  # length 0: one full greedy step
+    assert choose_draft(costs, {1: 0.0, 2: 0.0}, layers, lengths) == (1, 0)  # drafts never accepted: plain greedy
+    assert choose_draft(costs, {1: 1.0}, layers, [0, 4, 16]) == (1, 16)  # always accepted and cheap: the longest
+    assert expected_tokens(0.5, 3) == pytest.approx(1.875)
+
+
+def test_auto_draft_exit_and_length_are_token_identical_to_full_greedy(decoder, prompts, greedy):
+    for i, prompt in enumerate(prompts):
+        for length in (7, 100):
+            result = decoder.speculative(prompt, length, "auto", "auto")
+            assert result.tokens == greedy[i, length], (i, length)
+            stats = result.stats
+            assert len(stats["draft_exits"]) == stats["rounds"] == len(stats["draft_lengths"])
+            assert set(stats["draft_exits"]) <= {1, 2, 3} and max(stats["draft_lengths"]) <= 16
+            assert stats["breakdown"]["rounds"] == stats["rounds"]
+    long = decoder.speculative(prompts[0], 100, "auto", "auto").stats
+    assert long["accepted"] > 0  # the trained exits were chosen to draft, and agreed
+    assert decoder.speculative(prompts[1], 40, 2, "auto").tokens == greedy[1, 40]
+
+
+def test_a_timed_generation_breaks_its_time_down(trained, prompts, greedy):
+    timed = ExitDecoder(trained[0], timed=True)
+    result = timed.speculative(prompts[0], 40, 2, 3)
+    assert result.tokens == greedy[0, 40]
+    breakdown = result.stats["breakdown"]
+    phases = breakdown["ms_per_token"]
+    assert set(phases) == {"prefill", "draft", "verify", "head", "bookkeeping"}
+    assert sum(phases.values()) * len(result.tokens) / 1000 == pytest.approx(result.stats["seconds"], rel=0.05)
+    assert sum(breakdown["share"].values()) == pytest.approx(1.0)
+    # Each round: the input and its 3 drafts through 2 draft layers one by one, then 2 verifying layers over 4 positions.
+    rounds = result.stats["rounds"]
+    calls = breakdown["layer_calls_per_token"] * len(result.tokens)
+    assert calls == pytest.approx(sum(2 * (k + 1) + 2 for k in result.stats["draft_lengths"]))
+    assert breakdown["verify_calls"] == 2 * sum(1 for k in result.stats["draft_lengths"] if k > 0) and rounds > 0
+    assert "breakdown" not in ExitDecoder(trained[0]).full(prompts[0], 5).stats
+
+
+SAMPLED_RUNS = 1000
+
+
+def test_speculative_sampling_is_distributed_as_the_full_model():
+    """Sampled self-speculation against the full model's exact distribution, on a tiny untrained
+    decoder with 8 tokens whose two exits disagree (scaled head: TV(exit 1, full) > 0.2 below, so
+    sampling the draft's distribution would fail). Over N seeded runs of 3 new tokens, with 1-3
+    drafts a round (so the first and third tokens come from accepted drafts, resampled residuals
+    and bonus tokens alike), the empirical distributions of the first and the third token are
+    within total variation 0.08 of the exact ones (the third's: the sum over the 64 first two
+    tokens of p(t1) p(t2 | t1) p(t3 | t1, t2)). For k = 8 outcomes, P(TV >= e) <= (2^k - 2)
+    exp(-2 N e^2) (Bretagnolle-Huber-Carol): 7e-4 at N = 1000 and e = 0.08 for a correct sampler,
+    whose typical TV is about 0.03; sampling the draft's distribution instead would give about
+    0.28. top_k=3 must keep every first token in the full model's top 3."""
+    from sortednet_cli.decode.engine import Warp
+
+    torch.manual_seed(0)
+    vocab = 8
+    config = LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=16)
+    model = sorted_from_config(config).eval()
+    with torch.no_grad():
+        model.hf.lm_head.weight.mul_(25)
+        sequences = torch.tensor([[1, 5, a, b] for a in range(vocab) for b in range(vocab)])
+        logits = model(TokenBatch(sequences))
+        exit_logits = model(TokenBatch(sequences[:1, :2]), SubModel(1.0, (1,)))[0, -1]
+    warp = Warp(1.0)
+    first = warp.probabilities(logits[0, 1])
+    second = warp.probabilities(logits[:, 2]).view(vocab, vocab, vocab)[:, 0]  # p(t2 | t1)
+    third = torch.einsum("a,ab,abc->c", first, second, warp.probabilities(logits[:, 3]).view(vocab, vocab, vocab))
+    assert 0.5 * (warp.probabilities(exit_logits) - first).abs().sum() > 0.2
+
+    decoder = ExitDecoder(model)
+    counts = torch.zeros(2, vocab)
+    rejected = 0
+    for seed in range(SAMPLED_RUNS):
+        result = decoder.speculative([1, 5], 3, 1, 1 + seed % 3, temperature=1.0, seed=seed)
+        counts[0, result.tokens[0]] += 1
+        counts[1, result.tokens[2]] += 1
+        rejected += result.stats["drafted"] - result.stats["accepted"]
+    empirical = counts / SAMPLED_RUNS
+    assert 0.5 * (empirical[0] - first).abs().sum() < 0.08
+    assert 0.5 * (empirical[1] - third).abs().sum() < 0.08
+    assert rejected > SAMPLED_RUNS // 4  # the residual path ran often
+    top3 = set(torch.topk(logits[0, 1], 3).indices.tolist())
+    firsts = {decoder.speculative([1, 5], 2, 1, 1, temperature=1.0, top_k=3, seed=seed).tokens[0] for seed in range(60)}
+    assert firsts <= top3 and len(firsts) > 1
+    again = decoder.speculative([1, 5], 3, 1, 2, temperature=1.0, seed=7).tokens
+    assert decoder.speculative([1, 5], 3, 1, 2, temperature=1.0, seed=7).tokens == again  # seeded
 
 
 @pytest.mark.parametrize("call", [
@@ -258,6 +348,10 @@ def test_auto_draft_length_schedule():
     lambda d, p: d.full([], 5),
     lambda d, p: d.full(p, 0),
     lambda d, p: d.full(p, 5, temperature=-1.0),
+    lambda d, p: d.speculative(p, 5, "fast", 2),
+    lambda d, p: d.speculative(p, 5, 0, "auto"),
+    lambda d, p: d.speculative(p, 5, 2, 2, temperature=-0.5),
+    lambda d, p: d.speculative(p, 5, 2, 2, temperature=1.0, top_k=0),
 ])
 def test_bad_input_is_a_user_error(decoder, prompts, call):
     with pytest.raises(UserError) as info:

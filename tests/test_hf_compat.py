@@ -176,7 +176,7 @@ def test_greedy_decoding_equals_the_library_generate_and_speculation_equals_gree
         out = model.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20, do_sample=False,
                                 eos_token_id=None, pad_token_id=0)
     assert ours == out[0, len(prompt):].tolist()
-    for draft_exit, draft_len in ((1, 1), (1, "auto"), (2, 3)):
+    for draft_exit, draft_len in ((1, 1), (1, "auto"), (2, 3), ("auto", "auto")):
         assert decoder.speculative(prompt, 20, draft_exit, draft_len).tokens == ours
     assert len(decoder.early_exit(prompt, 20, threshold=0.9).tokens) == 20
     assert decoder.exit(prompt, 20, 1).tokens == ExitDecoder(model.extract(SubModel(1.0, (1,)))).full(prompt, 20).tokens
@@ -217,6 +217,33 @@ def test_decoding_cache_holds_the_full_forward_keys(model_type):
     assert [cache.length(i) for i in range(3)] == [9, 9, 9]
     cache.crop(2, 6)
     assert [cache.length(i) for i in range(3)] == [9, 9, 6]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gpt2", "gpt_neox"])  # no sliding window: the library's cache keeps every key
+def test_the_preallocated_cache_writes_in_place_and_holds_the_library_caches_keys(model_type):
+    """Decoding's cache, preallocated to the generation, is written in place (each buffer is the
+    one allocated for prompt + new tokens, never regrown) and holds, after a speculative
+    generation with roll-backs, the keys and values of the library's own cache after one forward
+    over the same tokens."""
+    from transformers import DynamicCache
+
+    model = build(model_type)
+    prompt = [5, 17, 3, 9, 22, 41]
+    decoder = ExitDecoder(model)
+    result = decoder.speculative(prompt, 20, 1, 4)
+    assert result.stats["accepted"] < result.stats["drafted"]  # rejections rolled the cache back
+    cache = decoder.cache
+    assert cache.capacity == len(prompt) + 20
+    ids = torch.tensor([prompt + result.tokens[:-1]])
+    library = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model.hf(input_ids=ids, cache=library, use_cache=True)
+    for layer in range(3):
+        keys, values = cache.filled(layer)
+        batch, heads, length, head_dim = keys.shape
+        assert length == ids.shape[1] and keys.untyped_storage().nbytes() == batch * heads * cache.capacity * head_dim * keys.element_size()
+        torch.testing.assert_close(keys, library.layers[layer].keys, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(values, library.layers[layer].values, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_type", DECODERS + ENCODERS)

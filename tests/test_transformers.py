@@ -211,7 +211,7 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
     assert outputs["speculative"]["tokens"] == outputs["full"]["tokens"]  # lossless
     assert "acceptance" in json.dumps(outputs["speculative"]["stats"])
     for bad, message in (("generate.mode=exit generate.exit=3", "1..2"), ("generate.mode=speculative generate.draft_len=0", "draft_len"),
-                         ("prompt='ROMEO~'", "never seen"), ("generate.mode=speculative generate.temperature=0.7", "greedy"),
+                         ("prompt='ROMEO~'", "never seen"), ("generate.mode=early_exit generate.temperature=0.7", "greedy"),
                          ("prompt=" + "ROMEO:" * 6, "fills the model's context")):
         code, out, err = run_cli(["generate", checkpoint, *bad.split(), f"hydra.run.dir={tmp_path / 'bad'}"], capsys)
         assert code == 2 and message in err and "Traceback" not in err
@@ -221,8 +221,10 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
     assert code == 0, err
     decode = json.loads((tmp_path / "bench" / "decode.json").read_text())
     modes = [row["mode"] for row in decode["rows"]]
-    assert modes.count("speculative") == 2 and modes.count("exit") == 2 and "library_assistant_early_exit" in modes
+    assert modes.count("speculative") == 3 and modes.count("exit") == 2 and "library_assistant_early_exit" in modes
     assert all(row["identical"] for row in decode["rows"] if row["mode"] == "speculative")
+    assert [entry["label"] for entry in decode["auto_against_fixed"]] == ["E=1 K=auto", "E=auto K=auto"]
+    assert decode["rows"][0]["breakdown"]["ms_per_token"]["verify"] > 0
     assert (tmp_path / "bench" / "decode.png").is_file() and decode["pick"]["label"]
 
 

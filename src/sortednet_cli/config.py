@@ -289,20 +289,20 @@ class DecodeMode(str, Enum):
     full = "full"  # the whole model, greedy or sampled
     exit = "exit"  # one fixed exit's own language model
     early_exit = "early_exit"  # per token, the first exit confident enough (lossy)
-    speculative = "speculative"  # the first layers draft, the full model verifies (lossless, greedy)
+    speculative = "speculative"  # the first layers draft, the full model verifies (lossless: greedy, or sampled by the speculative-sampling rule)
 
 
 @dataclass
 class GenerateSettings:
     mode: DecodeMode = DecodeMode.full
     max_new_tokens: int = 200
-    temperature: float = 0.0  # 0: greedy; mode=full and exit only
+    temperature: float = 0.0  # 0: greedy; mode=early_exit is greedy only
     top_k: Optional[int] = None
     seed: int = 0
     exit: Optional[int] = None  # mode=exit: the exit layer (null: half the depth)
     threshold: float = 0.9  # mode=early_exit: the confidence (top probability) that stops a token
-    draft_exit: Optional[int] = None  # mode=speculative: the layers that draft (null: a quarter of the depth)
-    draft_len: Any = "auto"  # tokens drafted per verification, or auto (adapted from acceptance)
+    draft_exit: Any = None  # mode=speculative: the layers that draft, auto (chosen every round), or null (a quarter of the depth)
+    draft_len: Any = "auto"  # tokens drafted per verification, or auto (chosen every round from measured cost and acceptance)
     chat: bool = False  # render the prompt as a user turn through the run's instruction template (stops at end of sequence)
     system: Optional[str] = None  # chat=true: a system turn before the prompt
 
@@ -327,6 +327,7 @@ class BenchDecodeSettings:
     thresholds: List[float] = field(default_factory=lambda: [0.95, 0.9, 0.8])
     draft_exits: Optional[List[int]] = None  # null: about a quarter, a third and half of the depth
     draft_lens: List[Any] = field(default_factory=lambda: [2, 4, 8, "auto"])
+    auto: bool = True  # also draft_exit=auto with draft_len=auto, set against the best fixed setting
     library_exits: Optional[List[int]] = None  # transformers' assistant_early_exit; null: the draft exits
 
 

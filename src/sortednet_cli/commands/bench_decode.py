@@ -24,6 +24,26 @@ def default_draft_exits(depth: int) -> list[int]:
     return sorted({max(1, round(depth * f)) for f in (0.25, 1 / 3, 0.5)} - {depth})
 
 
+def breakdown_table(rows: list[dict]) -> Table:
+    """Where a generation's time goes, ms per generated token (engine.PhaseClock), for the rows
+    that were timed."""
+    table = Table(title="where the time goes (ms per generated token; full greedy's layers count as verify)")
+    for column in ("setting", "total", "prefill", "draft", "verify", "head", "bookkeeping", "layer calls/token",
+                   "ms/layer call, 1 position", "ms/verify call (positions)"):
+        table.add_column(column)
+    number = lambda v, digits=3: "" if v is None else f"{v:.{digits}f}"  # noqa: E731
+    for row in rows:
+        breakdown = row.get("breakdown")
+        if breakdown is None:
+            continue
+        phases = breakdown["ms_per_token"]
+        several = breakdown["layer_ms_several_positions"]
+        table.add_row(row["label"], number(sum(phases.values())), *(number(phases[p]) for p in ("prefill", "draft", "verify", "head", "bookkeeping")),
+                      number(breakdown["layer_calls_per_token"], 2), number(breakdown["layer_ms_one_position"]),
+                      "" if several is None else f"{several:.3f} ({breakdown['verify_positions_per_call']:.1f})")
+    return table
+
+
 @hydra_command("bench_decode")
 def main(cfg: DictConfig) -> None:
     console = make_console()
@@ -34,6 +54,8 @@ def main(cfg: DictConfig) -> None:
     draft_exits = list(settings.draft_exits) if settings.draft_exits is not None else default_draft_exits(depth)
     library_exits = list(settings.library_exits) if settings.library_exits is not None else draft_exits
     speculative = [(e, k) for e in draft_exits for k in OmegaConf.to_container(settings.draft_lens)]
+    if settings.auto:
+        speculative.append(("auto", "auto"))
     console.print(f"bench-decode on {decoder_run.run.device} ({cfg.threads or 'default'} threads): {len(prompts)} prompts x "
                   f"{settings.max_new_tokens} new tokens, {depth}-layer decoder {decoder_run.run.path}", highlight=False)
     result = bench_decode(decoder_run.model, prompts, settings.max_new_tokens, exits, list(settings.thresholds), speculative, library_exits)
@@ -52,6 +74,10 @@ def main(cfg: DictConfig) -> None:
                       percent(row.get("agreement")), "" if row.get("identical") is None else ("yes" if row["identical"] else "NO"))
     console.print(table)
     console.print(f"pick: {result['pick']['label']} ({result['pick']['reason']})", highlight=False)
+    for entry in result["auto_against_fixed"]:
+        console.print(f"{entry['label']}: {entry['speedup']:.2f}x full greedy, {entry['ratio']:.2f}x the best fixed setting "
+                      f"({entry['best_fixed']}, {entry['best_fixed_speedup']:.2f}x)", highlight=False)
+    console.print(breakdown_table(result["rows"]))
     if result["library_unsupported"]:
         console.print(result["library_unsupported"], highlight=False, markup=False)
     console.print(f"wrote {run_dir / 'decode.json'}, {run_dir / 'decode.png'}", highlight=False)

@@ -20,6 +20,8 @@ def statistics_line(stats: dict) -> str:
         rate = stats["acceptance_rate"]
         parts.append(f"acceptance {'n/a' if rate is None else f'{rate:.1%}'} of {stats['drafted']} drafted")
         parts.append(f"{stats['tokens_per_verification']:.2f} tokens per verification ({stats['rounds']} verifications)")
+        if "chosen" in stats:
+            parts.append(f"chosen {', '.join(stats['chosen'][:3])}")
     if stats["mode"] == "early_exit":
         parts.append(f"mean exit layer {stats['mean_exit_layer']:.2f}")
     if "agreement" in stats:
@@ -40,8 +42,8 @@ def main(cfg: DictConfig) -> None:
     decoder = ExitDecoder(decoder_run.model)
     mode = settings.mode.value
     n = settings.max_new_tokens
-    if mode in ("early_exit", "speculative") and (settings.temperature != 0 or settings.top_k is not None):
-        raise UserError(f"generate.mode={mode} is greedy: generate.temperature and generate.top_k apply to mode=full and mode=exit only")
+    if mode == "early_exit" and (settings.temperature != 0 or settings.top_k is not None):
+        raise UserError("generate.mode=early_exit is greedy: generate.temperature and generate.top_k apply to the other modes")
     if mode == "full":
         result = decoder.full(prompt_ids, n, settings.temperature, settings.top_k, settings.seed, eos_id)
     elif mode == "exit":
@@ -51,7 +53,8 @@ def main(cfg: DictConfig) -> None:
         result = decoder.early_exit(prompt_ids, n, settings.threshold, eos_id=eos_id)
     else:
         draft_exit = settings.draft_exit if settings.draft_exit is not None else max(1, depth // 4)
-        result = decoder.speculative(prompt_ids, n, draft_exit, settings.draft_len, eos_id=eos_id)
+        result = decoder.speculative(prompt_ids, n, draft_exit, settings.draft_len, settings.temperature, settings.top_k, settings.seed,
+                                     eos_id=eos_id)
     stats = dict(result.stats)
     if mode == "early_exit" or (mode == "exit" and settings.temperature == 0):
         stats["agreement"] = teacher_forced_agreement(decoder_run.model, prompt_ids, result.tokens)

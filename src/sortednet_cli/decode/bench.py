@@ -7,13 +7,14 @@ and each lossless claim is checked (`identical`: the same tokens as full greedy 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from ..models.transformer import SortedDecoder
-from .engine import DraftLen, ExitDecoder, Generation, teacher_forced_agreement
+from .engine import AUTO, DraftExit, DraftLen, ExitDecoder, Generation, teacher_forced_agreement
 from .library import library_assistant_early_exit, library_greedy
 
 WARMUP_TOKENS = 8
@@ -36,13 +37,35 @@ def _pooled_agreement(model: SortedDecoder, prompts: list[list[int]], generation
     return agreeing / sum(len(g.tokens) for g in generations)
 
 
+def _pooled_breakdown(generations: list[Generation]) -> dict:
+    """The generations' PhaseClock breakdowns as one: each figure weighted by its tokens."""
+    total = sum(len(g.tokens) for g in generations)
+
+    def pool(parts: list[tuple[object, int]]):
+        first = parts[0][0]
+        if isinstance(first, dict):
+            return {key: pool([(part[key], n) for part, n in parts]) for key in first}
+        known = [(value, n) for value, n in parts if value is not None]
+        if not known:
+            return None
+        return sum(value * n for value, n in known) / sum(n for _, n in known)
+
+    pooled = pool([(g.stats["breakdown"], len(g.tokens)) for g in generations])
+    pooled["rounds"] = sum(g.stats["breakdown"]["rounds"] for g in generations)
+    pooled["tokens"] = total
+    return pooled
+
+
 def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, exits: Sequence[int] = (),
-                 thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[int, DraftLen]] = (),
+                 thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen]] = (),
                  library_exits: Sequence[int] = ()) -> dict:
     """Rows for full greedy (the reference), each exit alone, early exit at each threshold,
-    self-speculation at each (draft exit, draft length), and transformers' greedy and
-    assistant_early_exit at each exit (library defaults for its draft length); each with
-    speedup = its tokens/s over full greedy's. "pick" is the fastest lossless setting."""
+    self-speculation at each (draft exit, draft length; either may be "auto"), and transformers'
+    greedy and assistant_early_exit at each exit (library defaults for its draft length); each
+    with speedup = its tokens/s over full greedy's. "pick" is the fastest lossless setting;
+    "auto_against_fixed" sets the automatic settings beside the best fixed one. Where a round's
+    time goes (`breakdown`, engine.PhaseClock): the automatic rows time themselves as they run;
+    full greedy and the best fixed setting are rerun once on a timed decoder for it."""
     prompts = [[int(t) for t in p] for p in prompts]
     decoder = ExitDecoder(model)
     reference, full_runs = _measure(lambda p, n: decoder.full(p, n), prompts, max_new_tokens)
@@ -70,6 +93,15 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
                      "draft_len": draft_len, **row, "acceptance_rate": accepted / drafted if drafted else None,
                      "tokens_per_verification": row["tokens"] / sum(g.stats["rounds"] for g in runs),
                      "identical": identical(runs)})
+        if "breakdown" in runs[0].stats:
+            rows[-1]["breakdown"] = _pooled_breakdown(runs)
+            rows[-1]["chosen"] = _chosen(runs)
+    timed = ExitDecoder(model, timed=True)
+    rows[0]["breakdown"] = _pooled_breakdown(_measure(lambda p, n: timed.full(p, n), prompts, max_new_tokens)[1])
+    best_fixed = _best_fixed(rows)
+    if best_fixed is not None:
+        best_fixed["breakdown"] = _pooled_breakdown(_measure(
+            lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"]), prompts, max_new_tokens)[1])
     row, runs = _measure(lambda p, n: library_greedy(model, p, n), prompts, max_new_tokens)
     rows.append({"mode": "library_greedy", "label": "transformers greedy", **row, "identical": identical(runs)})
     library_unsupported = None
@@ -86,7 +118,31 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     for row in rows:
         row["speedup"] = row["tokens_per_second"] / reference["tokens_per_second"] if reference["tokens_per_second"] else 0.0
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers),
-            "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported}
+            "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
+            "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
+
+
+def _chosen(generations: list[Generation]) -> list[str]:
+    """How often each (exit, length) was chosen, over every prompt, most frequent first."""
+    counts = Counter()
+    for g in generations:
+        counts.update(zip(g.stats.get("draft_exits") or [g.stats["draft_exit"]] * g.stats["rounds"], g.stats["draft_lengths"]))
+    return [f"E={e} K={k}: {n}" for (e, k), n in counts.most_common()]
+
+
+def _best_fixed(rows: list[dict]) -> Optional[dict]:
+    """The fastest lossless speculative row whose exit and length were both fixed."""
+    fixed = [r for r in rows if r["mode"] == "speculative" and AUTO not in (r["draft_exit"], r["draft_len"]) and r["identical"]]
+    return max(fixed, key=lambda r: r["tokens_per_second"]) if fixed else None
+
+
+def _auto_against_fixed(rows: list[dict], best_fixed: Optional[dict]) -> list[dict]:
+    """Each speculative row with an automatic choice, against the best fixed setting measured."""
+    if best_fixed is None:
+        return []
+    return [{"label": r["label"], "speedup": r["speedup"], "best_fixed": best_fixed["label"], "best_fixed_speedup": best_fixed["speedup"],
+             "ratio": r["tokens_per_second"] / best_fixed["tokens_per_second"], "identical": r["identical"]}
+            for r in rows if r["mode"] == "speculative" and AUTO in (r["draft_exit"], r["draft_len"])]
 
 
 def agreement_with_full(model: SortedDecoder, sub_model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> float:

@@ -1,5 +1,6 @@
 """Decoding with the exits of a sorted decoder: the full model, one exit, confidence-based early
-exit and lossless self-speculation, all over one KV cache.
+exit and lossless self-speculation (greedy, or sampled with the speculative-sampling rule), all
+over one KV cache.
 
 Sorted training makes every depth a usable LM with the shared final norm and head, so one set of
 weights can draft, verify and exit early. That needs a cache whose layers hold different lengths
@@ -7,16 +8,23 @@ weights can draft, verify and exit early. That needs a cache whose layers hold d
 not keep; this module runs the library's own layers one at a time through the model's layout
 (models/hf_layouts.py).
 
+What a token costs besides arithmetic is kept down: the cache is preallocated to the generation
+(hf_compat.LayerCache writes into a slice), position ids and rotary tables are built once per
+generation and sliced, a layer's mask once per round, and drafted tokens stay on the device until
+the round's one read-back (the accepted count decides the crop).
+
 Batch size 1, full width. Greedy self-speculation is token-identical to greedy decoding of the
 full model in float32 (lower precisions can flip near-ties between the batched verification and
-the one-token-at-a-time reference).
+the one-token-at-a-time reference); sampled self-speculation follows the full model's
+distribution exactly, but not its seeded draws.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -26,47 +34,26 @@ from ..models import hf_compat
 from ..models import family_of
 from ..models.transformer import SortedDecoder, TokenBatch
 
+AUTO = "auto"
+DraftExit = Union[int, str]
+"""The layers that draft (an int) or "auto" (chosen every round by choose_draft)."""
 DraftLen = Union[int, str]
-"""A fixed draft length (an int >= 1) or "auto" (the heuristic schedule, DraftSchedule)."""
+"""Tokens drafted per round (an int >= 1) or "auto" (chosen every round by choose_draft)."""
 
-Picker = Callable[[torch.Tensor], int]
+MAX_DRAFT_LEN = 16  # auto drafts at most this many tokens per round
+PRIOR_POSITIONS = 32  # the prompt positions whose exits' agreement starts the acceptance estimates
+PROBE_EVERY = 8  # while auto drafts nothing, every 8th round drafts one token, so acceptance stays measured
 
 
 @dataclass
 class Generation:
     """The new token ids and how they were made. `stats` is JSON-able: mode, new_tokens, seconds
     and tokens_per_second (the wall time of the generation loop, prefill included), stop_reason
-    ("max_new_tokens", "eos" or "context_limit", then also `context_limit`), plus the mode's own."""
+    ("max_new_tokens", "eos" or "context_limit", then also `context_limit`), plus the mode's own
+    (and `breakdown`, PhaseClock.summary, when the decoder was timed or chose its drafts)."""
 
     tokens: list[int]
     stats: dict = field(default_factory=dict)
-
-
-class DraftSchedule:
-    """The draft length of each speculative round. Fixed, or "auto": the library's "heuristic"
-    schedule (transformers' num_assistant_tokens_schedule) -- start at `start`, +2 after a round
-    whose drafts were all accepted (drafting further is cheap when the exit agrees), -1 otherwise
-    (a rejected draft wasted its layers) -- bounded to [MIN, MAX] so one lucky streak cannot make
-    a round draft far past the first likely rejection."""
-
-    MIN, MAX = 1, 16
-
-    def __init__(self, draft_len: DraftLen, start: int = 4):
-        self.adaptive = draft_len == "auto"
-        if self.adaptive:
-            if not is_int(start) or not self.MIN <= start <= self.MAX:
-                raise UserError(f"the auto draft length starts in {self.MIN}..{self.MAX}, not {start!r}")
-            self.length = start
-        elif not is_int(draft_len) or draft_len < 1:
-            raise UserError(f"draft_len must be an int >= 1 or 'auto', not {draft_len!r}")
-        else:
-            self.length = draft_len
-
-    def update(self, drafted: int, accepted: int) -> None:
-        if not self.adaptive or drafted == 0:
-            return
-        step = 2 if accepted == drafted else -1
-        self.length = min(self.MAX, max(self.MIN, self.length + step))
 
 
 def check_request(prompt_ids: Sequence[int], max_new_tokens: int, context: int, vocab_size: int) -> tuple[list[int], int]:
@@ -84,111 +71,345 @@ def check_request(prompt_ids: Sequence[int], max_new_tokens: int, context: int, 
     return prompt, min(max_new_tokens, context - len(prompt))
 
 
-def _greedy(logits: torch.Tensor) -> int:
-    return int(logits.reshape(-1).argmax())
+# --- sampling ------------------------------------------------------------------------------------
 
 
-def _sampler(temperature: float, top_k: Optional[int], seed: int, device: torch.device) -> Picker:
-    """Greedy at temperature 0; otherwise softmax(logits / T) over the top_k best, drawn from a
-    generator seeded once per generation, so a seed reproduces the text."""
-    if temperature < 0:
+@dataclass(frozen=True)
+class Warp:
+    """Sampling's distribution from logits: softmax(logits / temperature) over the top_k best
+    (every token when top_k is None). Speculative sampling warps the draft's and the full model's
+    logits alike, so its output follows the full model's warped distribution."""
+
+    temperature: float
+    top_k: Optional[int] = None
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """[n, vocab] logits -> [n, vocab] probabilities (float32)."""
+        scores = logits.float() / self.temperature
+        if self.top_k is not None and self.top_k < scores.shape[-1]:
+            cutoff = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < cutoff, float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
+
+def sampling_warp(temperature: float, top_k: Optional[int]) -> Optional[Warp]:
+    """The checked sampling settings: None (greedy) at temperature 0."""
+    if not is_number(temperature) or temperature < 0:
         raise UserError(f"temperature must be >= 0, not {temperature}")
     if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise UserError(f"top_k must be an int >= 1, not {top_k!r}")
-    if temperature == 0:
-        return _greedy
-    generator = torch.Generator(device=device).manual_seed(seed)
+    return None if temperature == 0 else Warp(float(temperature), top_k)
 
-    def pick(logits: torch.Tensor) -> int:
-        scores = logits.reshape(-1).float() / temperature
-        if top_k is not None and top_k < scores.numel():
-            cutoff = torch.topk(scores, top_k).values[-1]
-            scores = scores.masked_fill(scores < cutoff, float("-inf"))
-        return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
 
-    return pick
+def draft_acceptance(exit_logits: torch.Tensor, full_logits: torch.Tensor, warp: Optional[Warp]) -> float:
+    """The summed chance, over [n, vocab] rows, that a draft from the exit is accepted: greedy,
+    1 where the two argmaxes agree; sampled, sum over tokens of min(p_full, p_exit) (the
+    speculative-sampling acceptance rule's expectation)."""
+    if warp is None:
+        return float((exit_logits.argmax(-1) == full_logits.argmax(-1)).sum())
+    return float(torch.minimum(warp.probabilities(exit_logits), warp.probabilities(full_logits)).sum())
+
+
+# --- where the time goes, and the draft it suggests ------------------------------------------------
+
+
+class PhaseClock:
+    """Where a generation's time goes, by phase: prefill (the prompt's pass), draft (the layers
+    below the draft exit, one token at a time), verify (the layers from the draft exit up; every
+    layer in full and exit decoding), head (the shared final norm and LM head at any exit), and
+    bookkeeping: the rest of the loop (embedding, picking and comparing tokens, crops, choosing
+    drafts, Python). Layer and head calls are also counted by how many positions each ran, which
+    is what DecodeCosts is measured from. On a GPU every mark synchronises the device, so a phase
+    is what ran in it, not what it launched."""
+
+    PHASES = ("prefill", "draft", "verify", "head")
+
+    def __init__(self, device: torch.device):
+        self._synchronize = torch.cuda.synchronize if device.type == "cuda" else None
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.calls: dict[tuple[str, int], list] = {}  # ("layer" | "head", positions) -> [calls, seconds], prefill left out
+        self.embedded = [0, 0.0]  # embedding calls, seconds (bookkeeping)
+        self.rounds = 0
+        self.started = self.now()
+
+    def now(self) -> float:
+        if self._synchronize is not None:
+            self._synchronize()
+        return time.perf_counter()
+
+    def add(self, phase: str, kind: str, positions: int, seconds: float) -> None:
+        self.seconds[phase] += seconds
+        if phase != "prefill":
+            entry = self.calls.setdefault((kind, positions), [0, 0.0])
+            entry[0] += 1
+            entry[1] += seconds
+
+    def mean(self, kind: str, positions: int) -> Optional[float]:
+        calls, seconds = self.calls.get((kind, positions), (0, 0.0))
+        return seconds / calls if calls else None
+
+    def per_extra_position(self, kind: str, single: float) -> Optional[float]:
+        """Seconds each position beyond the first adds to a call (calls over several positions
+        against the one-position mean), or None before any such call."""
+        extra = sum(calls * (positions - 1) for (k, positions), (calls, _) in self.calls.items() if k == kind and positions > 1)
+        if not extra:
+            return None
+        seconds = sum(s - calls * single for (k, positions), (calls, s) in self.calls.items() if k == kind and positions > 1)
+        return max(0.0, seconds / extra)
+
+    def bookkeeping(self) -> float:
+        """Seconds so far in none of the phases (embedding included)."""
+        return max(0.0, self.now() - self.started - sum(self.seconds.values()))
+
+    def summary(self, tokens: int) -> dict:
+        """The breakdown, JSON-able: ms per generated token of each phase and of bookkeeping, their
+        shares of the generation's time, and the layer calls (count, positions, mean ms)."""
+        total = self.now() - self.started
+        phases = dict(self.seconds, bookkeeping=max(0.0, total - sum(self.seconds.values())))
+        layer_calls = {p: c for (k, p), c in self.calls.items() if k == "layer"}
+        calls = sum(c[0] for c in layer_calls.values())
+        single = layer_calls.get(1, (0, 0.0))
+        several = [(p, c) for p, c in layer_calls.items() if p > 1]
+        several_calls = sum(c[0] for _, c in several)
+        per_token = (lambda s: 1000 * s / tokens) if tokens else (lambda s: 0.0)
+        return {
+            "ms_per_token": {name: per_token(s) for name, s in phases.items()},
+            "share": {name: s / total if total > 0 else 0.0 for name, s in phases.items()},
+            "rounds": self.rounds,
+            "layer_calls_per_token": calls / tokens if tokens else 0.0,
+            "layer_ms_one_position": 1000 * single[1] / single[0] if single[0] else None,
+            "verify_calls": several_calls,
+            "verify_positions_per_call": sum(p * c[0] for p, c in several) / several_calls if several_calls else None,
+            "layer_ms_several_positions": 1000 * sum(c[1] for _, c in several) / several_calls if several_calls else None,
+            "embed_ms_per_call": 1000 * self.embedded[1] / self.embedded[0] if self.embedded[0] else None,
+        }
+
+
+@dataclass(frozen=True)
+class DecodeCosts:
+    """Seconds of the pieces of a speculative round, the chooser's cost model: a layer call over one
+    position and each further position of the same call (verification runs length + 1 positions
+    at once), the head likewise, the bookkeeping of one draft step (embedding and picking a
+    token) and of one round (comparing, cropping, choosing)."""
+
+    layer: float
+    layer_per_position: float
+    head: float
+    head_per_position: float
+    step: float
+    round: float
+
+    def round_seconds(self, num_layers: int, exit: int, length: int) -> float:
+        """A round of `length` drafts from exit `exit`: length + 1 one-token passes through the
+        draft layers (the round's input and each draft) with a head after each but the last, then
+        one call of every deeper layer and of the head over the length + 1 positions. Length 0 is
+        one step of full greedy decoding."""
+        draft = (length + 1) * (exit * self.layer + self.step) + length * self.head
+        verify = (num_layers - exit) * (self.layer + length * self.layer_per_position) + self.head + length * self.head_per_position
+        return draft + verify + self.round
+
+    @classmethod
+    def measured(cls, clock: PhaseClock) -> "DecodeCosts":
+        """From what the clock has measured so far; what it has not yet measured is taken as the
+        ratios of GUESS to the layer cost (all of GUESS before the first one-position layer call)."""
+        layer = clock.mean("layer", 1)
+        if layer is None:
+            return GUESS
+        ratio = lambda name: getattr(GUESS, name) / GUESS.layer * layer  # noqa: E731
+        head = clock.mean("head", 1)
+        head = ratio("head") if head is None else head
+        layer_per_position = clock.per_extra_position("layer", layer)
+        head_per_position = clock.per_extra_position("head", head)
+        calls, seconds = clock.embedded
+        round_seconds = (clock.bookkeeping() - seconds) / clock.rounds if clock.rounds else None
+        return cls(layer=layer,
+                   layer_per_position=ratio("layer_per_position") if layer_per_position is None else layer_per_position,
+                   head=head,
+                   head_per_position=ratio("head_per_position") if head_per_position is None else head_per_position,
+                   step=seconds / calls if calls else ratio("step"),
+                   round=max(0.0, round_seconds) if round_seconds is not None else ratio("round"))
+
+
+# Before anything is measured, in units of a one-position layer call: a call over n positions
+# costs about 1 + 0.15 (n - 1) of one at this scale (docs/performance.md), the head about a layer.
+GUESS = DecodeCosts(layer=1.0, layer_per_position=0.15, head=1.0, head_per_position=0.15, step=0.1, round=0.5)
+
+
+def expected_tokens(acceptance: float, length: int) -> float:
+    """Tokens a round yields on average when each draft is accepted with probability `acceptance`
+    given that those before it were: the accepted drafts, then the full model's own token,
+    1 + a + a^2 + ... + a^length."""
+    return sum(acceptance ** i for i in range(length + 1))
+
+
+def choose_draft(costs: DecodeCosts, acceptance: Mapping[int, float], num_layers: int, lengths: Sequence[int]) -> tuple[int, int]:
+    """The (exit, length), over the exits of `acceptance` and the `lengths`, that maximises
+    expected tokens per second, expected_tokens / costs.round_seconds (DEL's criterion); ties go
+    to the shallower exit and the shorter draft. It runs before every round, so each exit's
+    lengths are scanned incrementally (a round's cost is linear in its length)."""
+    allowed = set(lengths)
+    best, best_rate = None, -1.0
+    for exit in sorted(acceptance):
+        base = costs.round_seconds(num_layers, exit, 0)
+        per_draft = costs.round_seconds(num_layers, exit, 1) - base
+        tokens, term = 0.0, 1.0
+        for length in range(max(allowed) + 1):
+            tokens += term
+            term *= acceptance[exit]
+            if length in allowed:
+                rate = tokens / (base + length * per_draft)
+                if rate > best_rate:
+                    best, best_rate = (exit, length), rate
+    return best
+
+
+class AcceptanceEstimates:
+    """Per candidate exit, the chance that a draft is accepted given that those before it were:
+    Laplace's (accepted + 1) / (tested + 2), counting the prompt's positions (how often the
+    exit's next token agreed with the full model's there) and every draft verified since."""
+
+    def __init__(self, exits: Sequence[int]):
+        self.accepted = dict.fromkeys(exits, 0.0)
+        self.tested = dict.fromkeys(exits, 0.0)
+
+    def add(self, exit: int, accepted: float, tested: float) -> None:
+        self.accepted[exit] += accepted
+        self.tested[exit] += tested
+
+    def rates(self) -> dict[int, float]:
+        return {e: (self.accepted[e] + 1) / (self.tested[e] + 2) for e in self.accepted}
+
+
+# --- the decoder ---------------------------------------------------------------------------------
 
 
 class ExitDecoder:
     """Batch-1 decoding over the full-width layers of a SortedDecoder, one layer at a time.
 
     The state of one generation is `cache` (a LayerCache whose layers may hold different lengths)
-    and `waiting[j]`: the hidden states [1, n, hidden] entering layer j of the positions
-    cache.length(j) .. cache.length(j - 1) - 1 (for j = 0: up to the last embedded position).
-    Running layer j takes its whole queue in one batched call -- at positions starting at
-    cache.length(j), under a causal mask over the cached keys -- writes their keys/values and
-    appends the outputs to waiting[j + 1]. A position that stopped at an exit therefore waits at
-    that exit, and the next token that goes deeper carries it through the layers it missed: its
-    keys/values are computed exactly, from its own state, never copied from another layer.
+    and `waiting[j]`: the hidden states (a list of [1, n, hidden] pieces, in position order)
+    entering layer j of the positions cache.length(j) .. cache.length(j - 1) - 1 (for j = 0: up
+    to the last embedded position). Running layer j takes its whole queue in one batched call --
+    at positions starting at cache.length(j), under a causal mask over the cached keys -- writes
+    their keys/values and appends the outputs to waiting[j + 1]. A position that stopped at an
+    exit therefore waits at that exit, and the next token that goes deeper carries it through the
+    layers it missed: its keys/values are computed exactly, from its own state, never copied from
+    another layer.
 
+    `timed`: every generation carries its PhaseClock breakdown in `stats["breakdown"]` (on a GPU
+    that synchronises at every phase mark; choosing drafts automatically always does).
     Call `model.eval()` first (dropout).
     """
 
-    def __init__(self, model: SortedDecoder):
+    def __init__(self, model: SortedDecoder, timed: bool = False):
         if not family_of(model).decodes:
             raise UserError(f"decoding needs a model whose family decodes, not {type(model).__name__}")
         self.model = model
         self.hf = model.hf
+        self.device = model.hf.device
         self.layers = model.layers
         self.num_layers = len(self.layers)
         self.context = int(model.config.max_position_embeddings)
         self.vocab_size = int(model.config.vocab_size)
-        self._reset()
+        self.timed = timed
+        self._sliceable_positions = model.positions_sliceable
+        self._reset(1)
 
     # --- the state of one generation ---------------------------------------------------------
 
-    def _reset(self) -> None:
-        self.cache = hf_compat.LayerCache(self.num_layers)
-        self.waiting: list[Optional[torch.Tensor]] = [None] * (self.num_layers + 1)
+    def _reset(self, capacity: int) -> None:
+        self.cache = hf_compat.LayerCache(self.num_layers, capacity)
+        self.waiting: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers + 1)]
         self.fed = 0
-        self._rotary_key: Optional[tuple[int, int]] = None
-        self._rotary = None
+        self._position_ids = torch.arange(capacity, device=self.device)[None]
+        self._table = None  # the rotary table of every position (where sliceable)
+        self._rows = None  # the position embeddings of the last (start, count) asked, shared by the layers of one call
+        self._table_key: Optional[tuple[int, int]] = None
+        self._masks: dict = {}  # window -> (queries, keys, mask) of the last call
+        self._phase = "prefill"
+        self.clock: Optional[PhaseClock] = None
 
-    def _enqueue(self, level: int, hidden: torch.Tensor) -> None:
-        queued = self.waiting[level]
-        self.waiting[level] = hidden if queued is None else torch.cat([queued, hidden], dim=1)
+    def _start(self, clocked: bool) -> float:
+        self.clock = PhaseClock(self.device) if clocked or self.timed else None
+        return time.perf_counter()
 
-    def _embed(self, token_ids: Sequence[int]) -> None:
-        """New tokens join the queue of the first layer."""
-        device = self.hf.device
-        positions = torch.arange(self.fed, self.fed + len(token_ids), device=device)[None]
-        hidden = self.model.embed(torch.tensor([list(token_ids)], device=device), positions)
-        self._enqueue(0, hidden)
-        self.fed += len(token_ids)
+    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(ids)], device=self.device)
+
+    def _embed(self, ids: torch.Tensor) -> None:
+        """New tokens ([1, n] ids on the device) join the queue of the first layer."""
+        clock = self.clock
+        began = clock.now() if clock else 0.0
+        count = ids.shape[1]
+        self.waiting[0].append(self.model.embed(ids, self._position_ids[:, self.fed:self.fed + count]))
+        self.fed += count
+        if clock:
+            clock.embedded[0] += 1
+            clock.embedded[1] += clock.now() - began
 
     def _position_embeddings(self, hidden: torch.Tensor, start: int, count: int):
-        """Rotary (cos, sin) of positions start .. start+count-1; layers of one step share them."""
-        if self._rotary_key != (start, count):
-            positions = torch.arange(start, start + count, device=hidden.device)[None]
-            self._rotary = self.model.positions(hidden, positions)
-            self._rotary_key = (start, count)
-        return self._rotary
+        """Rotary (cos, sin) of positions start .. start+count-1: rows of one table built for the
+        whole generation where the layout allows it, otherwise built per (start, count) and shared
+        by the layers that ask the same."""
+        if self._table_key != (start, count):
+            if not self._sliceable_positions:
+                self._rows = self.model.positions(hidden, self._position_ids[:, start:start + count])
+            else:
+                if self._table is None:
+                    self._table = self.model.positions(hidden, self._position_ids)
+                self._rows = self.model.slice_positions(self._table, start, count)
+            self._table_key = (start, count)
+        return self._rows
+
+    def _mask(self, index: int, count: int, keys: int, hidden: torch.Tensor):
+        """Layer `index`'s mask for `count` queries over `keys` keys; the layers of one batched
+        call (the same window, queries and keys) share one."""
+        window = self.model.windows[index]
+        last = self._masks.get(window)
+        if last is None or last[0] != count or last[1] != keys:
+            last = (count, keys, self.model.layer_mask(index, None, count, keys, hidden))
+            self._masks[window] = last
+        return last[2]
 
     def _run_layer(self, index: int) -> None:
         """Layer `index` over every position waiting for it, in one call."""
-        hidden = self.waiting[index]
-        start, count = self.cache.length(index), hidden.shape[1]
-        mask = self.model.layer_mask(index, None, count, start + count, hidden)
-        out = self.model.run_layer(index, hidden, mask, self._position_embeddings(hidden, start, count), self.cache)
-        self.waiting[index] = None
-        self._enqueue(index + 1, out)
+        queued = self.waiting[index]
+        hidden = queued[0] if len(queued) == 1 else torch.cat(queued, dim=1)
+        self.waiting[index] = []
+        start, count = self.cache.lengths[index], hidden.shape[1]
+        clock = self.clock
+        began = clock.now() if clock else 0.0
+        out = self.model.run_layer(index, hidden, self._mask(index, count, start + count, hidden),
+                                   self._position_embeddings(hidden, start, count), self.cache)
+        if clock:
+            clock.add(self._phase, "layer", count, clock.now() - began)
+        self.waiting[index + 1].append(out)
 
-    def _climb(self, first: int, stop: int) -> None:
+    def _climb(self, first: int, stop: int, phase: str) -> None:
         """Run layers first .. stop-1 over whatever waits for them."""
+        self._phase = phase
         for index in range(first, stop):
-            if self.waiting[index] is not None:
+            if self.waiting[index]:
                 self._run_layer(index)
 
     def _logits(self, depth: int, count: int) -> torch.Tensor:
         """Next-token logits [count, vocab] of the last `count` positions waiting at exit `depth`."""
-        return self.model.logits(self.waiting[depth][:, -count:])[0]
+        queued = self.waiting[depth]
+        hidden = queued[-1] if queued[-1].shape[1] >= count else torch.cat(queued, dim=1)
+        clock = self.clock
+        began = clock.now() if clock else 0.0
+        logits = self.model.logits(hidden[:, -count:])[0]
+        if clock:
+            clock.add("prefill" if self._phase == "prefill" else "head", "head", count, clock.now() - began)
+        return logits
 
     # --- checks and bookkeeping ----------------------------------------------------------------
 
     def _begin(self, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], int]:
-        """The prompt as a list and how many tokens fit (max_new_tokens clipped to the context)."""
+        """The prompt as a list and how many tokens fit (max_new_tokens clipped to the context);
+        the cache and tables sized to them (no position past prompt + new tokens is ever fed)."""
         prompt, limit = check_request(prompt_ids, max_new_tokens, self.context, self.vocab_size)
-        self._reset()
+        self._reset(len(prompt) + limit)
         return prompt, limit
 
     def _check_exit(self, depth: int, name: str, highest: int) -> None:
@@ -207,6 +428,8 @@ class ExitDecoder:
         else:
             stats["stop_reason"] = "max_new_tokens"
         stats.update(extra)
+        if self.clock is not None:
+            stats["breakdown"] = self.clock.summary(len(tokens))
         return Generation(tokens, stats)
 
     # --- modes -----------------------------------------------------------------------------------
@@ -226,22 +449,26 @@ class ExitDecoder:
 
     def _single_exit(self, mode: str, prompt_ids: Sequence[int], max_new_tokens: int, depth: int, temperature: float,
                      top_k: Optional[int], seed: int, eos_id: Optional[int]) -> Generation:
+        warp = sampling_warp(temperature, top_k)
         prompt, limit = self._begin(prompt_ids, max_new_tokens)
-        pick = _sampler(temperature, top_k, seed, self.hf.device)
-        started = time.perf_counter()
-        tokens: list[int] = []
-        inputs = prompt
-        while len(tokens) < limit:
-            self._embed(inputs)
-            self._climb(0, depth)
-            token = pick(self._logits(depth, 1))
-            self.waiting[depth] = None  # no deeper layer will ever need these states
-            tokens.append(token)
-            inputs = [token]
-            if token == eos_id:
+        generator = None if warp is None else torch.Generator(device=self.device).manual_seed(seed)
+        started = self._start(False)
+        picked: list[torch.Tensor] = []
+        ids = self._ids(prompt)
+        phase = "prefill"
+        while len(picked) < limit:
+            self._embed(ids)
+            self._climb(0, depth, phase)
+            logits = self._logits(depth, 1)
+            token = logits.argmax(-1) if warp is None else torch.multinomial(warp.probabilities(logits), 1, generator=generator)[:, 0]
+            self.waiting[depth] = []  # no deeper layer will ever need these states
+            picked.append(token)
+            ids, phase = token.view(1, 1), "verify"
+            if eos_id is not None and int(token) == eos_id:
                 break
+        tokens = torch.cat(picked).tolist() if picked else []  # the one read-back without an eos to watch for
         extra = {"exit": depth} if mode == "exit" else {}
-        if temperature > 0:
+        if warp is not None:
             extra.update(temperature=temperature, top_k=top_k, seed=seed)
         return self._finish(mode, tokens, started, max_new_tokens, eos_id, **extra)
 
@@ -264,12 +491,13 @@ class ExitDecoder:
             self._check_exit(depth, "an early exit", self.num_layers)
         candidates.add(self.num_layers)
         prompt, limit = self._begin(prompt_ids, max_new_tokens)
-        started = time.perf_counter()
+        started = self._start(False)
         tokens: list[int] = []
         exits_used: list[int] = []
         inputs = prompt
+        self._phase = "prefill"
         while len(tokens) < limit:
-            self._embed(inputs)
+            self._embed(self._ids(inputs))
             for index in range(self.num_layers):
                 self._run_layer(index)
                 depth = index + 1
@@ -278,11 +506,12 @@ class ExitDecoder:
                     if depth == self.num_layers or float(torch.softmax(logits.float(), dim=-1).max()) >= threshold:
                         break
             if depth == self.num_layers:
-                self.waiting[depth] = None
-            token = _greedy(logits)
+                self.waiting[depth] = []
+            token = int(logits.argmax())
             tokens.append(token)
             exits_used.append(depth)
             inputs = [token]
+            self._phase = "verify"
             if token == eos_id:
                 break
         mean_exit = sum(exits_used) / len(exits_used) if exits_used else 0.0
@@ -290,67 +519,176 @@ class ExitDecoder:
                             exits=sorted(candidates), exits_used=exits_used, mean_exit_layer=mean_exit)
 
     @torch.no_grad()
-    def speculative(self, prompt_ids: Sequence[int], max_new_tokens: int, draft_exit: int, draft_len: DraftLen = "auto",
-                    auto_start: int = 4, eos_id: Optional[int] = None) -> Generation:
-        """Lossless self-speculative greedy decoding: exit `draft_exit` drafts, the full model
-        verifies. See `_speculative_round`; `draft_len` is fixed or "auto" (DraftSchedule)."""
-        self._check_exit(draft_exit, "draft_exit", self.num_layers - 1)
-        schedule = DraftSchedule(draft_len, auto_start)
+    def speculative(self, prompt_ids: Sequence[int], max_new_tokens: int, draft_exit: DraftExit = AUTO, draft_len: DraftLen = AUTO,
+                    temperature: float = 0.0, top_k: Optional[int] = None, seed: int = 0, eos_id: Optional[int] = None) -> Generation:
+        """Lossless self-speculative decoding: exit `draft_exit` drafts, the full model verifies
+        (see `_speculative_round`). Greedy at temperature 0 (token-identical to full greedy);
+        otherwise sampled by the speculative-sampling rule, distributed exactly as sampling the
+        full model at the same temperature and top_k. "auto" for the exit and/or the length:
+        every round takes the (exit, length) choose_draft says, from the costs measured so far
+        in this generation and the acceptance estimated per exit (AcceptanceEstimates); a length
+        of 0 is a step of plain full decoding."""
+        exits = list(range(1, self.num_layers)) if draft_exit == AUTO else [draft_exit]
+        if draft_exit != AUTO:
+            self._check_exit(draft_exit, "draft_exit", self.num_layers - 1)
+        if draft_len == AUTO:
+            lengths = list(range(MAX_DRAFT_LEN + 1))
+        elif is_int(draft_len) and draft_len >= 1:
+            lengths = [draft_len]
+        else:
+            raise UserError(f"draft_len must be an int >= 1 or 'auto', not {draft_len!r}")
+        warp = sampling_warp(temperature, top_k)
         prompt, limit = self._begin(prompt_ids, max_new_tokens)
-        started = time.perf_counter()
+        generator = None if warp is None else torch.Generator(device=self.device).manual_seed(seed)
+        choosing = len(exits) > 1 or len(lengths) > 1
+        started = self._start(choosing)
+        estimates = AcceptanceEstimates(exits) if choosing else None
+        self._prefill(prompt[:-1], estimates, warp)
         tokens: list[int] = []
         rounds = drafted = accepted = 0
         draft_lengths: list[int] = []
-        inputs = prompt
+        draft_exits: list[int] = []
+        inputs = prompt[-1:]
         while len(tokens) < limit:
-            length = min(schedule.length, limit - len(tokens) - 1)  # a round yields up to length + 1
-            new, agreed = self._speculative_round(inputs, draft_exit, length)
-            schedule.update(length, agreed)
+            room = limit - len(tokens) - 1  # a round yields up to length + 1
+            usable = sorted({min(k, room) for k in lengths})
+            exit, length = (exits[0], usable[0]) if estimates is None else self._choose(estimates, usable, room, rounds)
+            new, agreed = self._speculative_round(inputs, exit, length, warp, generator)
+            if estimates is not None and length:
+                estimates.add(exit, agreed, agreed + (agreed < length))  # tested up to the first rejection
             rounds, drafted, accepted = rounds + 1, drafted + length, accepted + agreed
             draft_lengths.append(length)
-            if eos_id in new:
+            draft_exits.append(exit)
+            if self.clock is not None:
+                self.clock.rounds = rounds
+            if eos_id is not None and eos_id in new:
                 tokens.extend(new[: new.index(eos_id) + 1])
                 break
             tokens.extend(new)
             inputs = new[-1:]
-        return self._finish("speculative", tokens, started, max_new_tokens, eos_id, draft_exit=draft_exit,
-                            draft_len=draft_len, rounds=rounds, drafted=drafted, accepted=accepted,
-                            acceptance_rate=accepted / drafted if drafted else None,
-                            tokens_per_verification=len(tokens) / rounds if rounds else 0.0,
-                            draft_lengths=draft_lengths)
+        extra = {"draft_exit": draft_exit, "draft_len": draft_len, "rounds": rounds, "drafted": drafted, "accepted": accepted,
+                 "acceptance_rate": accepted / drafted if drafted else None,
+                 "tokens_per_verification": len(tokens) / rounds if rounds else 0.0, "draft_lengths": draft_lengths}
+        if draft_exit == AUTO:
+            extra["draft_exits"] = draft_exits
+        if choosing:
+            extra["chosen"] = [f"E={e} K={k}: {n}" for (e, k), n in Counter(zip(draft_exits, draft_lengths)).most_common()]
+        if warp is not None:
+            extra.update(temperature=temperature, top_k=top_k, seed=seed)
+        return self._finish("speculative", tokens, started, max_new_tokens, eos_id, **extra)
 
-    def _speculative_round(self, inputs: list[int], draft_exit: int, length: int) -> tuple[list[int], int]:
+    def _prefill(self, ids: list[int], estimates: Optional[AcceptanceEstimates], warp: Optional[Warp]) -> None:
+        """The prompt but its last token through every layer in one call each (that token opens
+        the first round). With estimates, also each candidate exit's agreement with the full
+        model over the last PRIOR_POSITIONS of these positions: the estimates' prior."""
+        if not ids:
+            return
+        self._phase = "prefill"
+        self._embed(self._ids(ids))
+        states = {}
+        for index in range(self.num_layers):
+            self._run_layer(index)
+            if estimates is not None and index + 1 in estimates.tested:
+                states[index + 1] = self.waiting[index + 1][-1][:, -PRIOR_POSITIONS:]
+        if estimates is not None:
+            clock = self.clock
+            began = clock.now()
+            full = self.model.logits(self.waiting[self.num_layers][-1][:, -PRIOR_POSITIONS:])[0]
+            for exit, hidden in states.items():
+                estimates.add(exit, draft_acceptance(self.model.logits(hidden)[0], full, warp), full.shape[0])
+            clock.add("prefill", "head", full.shape[0], clock.now() - began)
+        self.waiting[self.num_layers] = []
+
+    def _choose(self, estimates: AcceptanceEstimates, lengths: list[int], room: int, rounds: int) -> tuple[int, int]:
+        """This round's (exit, length): choose_draft on the costs measured so far; while it says
+        0, every PROBE_EVERY-th round drafts one token from the best exit for one draft, so the
+        exits' acceptance keeps being measured."""
+        costs = DecodeCosts.measured(self.clock)
+        rates = estimates.rates()
+        exit, length = choose_draft(costs, rates, self.num_layers, lengths)
+        if length == 0 and room > 0 and rounds % PROBE_EVERY == PROBE_EVERY - 1:
+            exit, length = choose_draft(costs, rates, self.num_layers, [1])
+        return exit, length
+
+    def _speculative_round(self, inputs: list[int], draft_exit: int, length: int, warp: Optional[Warp],
+                           generator: Optional[torch.Generator]) -> tuple[list[int], int]:
         """One round; returns (new tokens, accepted drafts). On entry every layer's cache holds
-        the same accepted prefix and `inputs` (the prompt, then the previous round's last token)
-        have no keys/values anywhere.
+        the same accepted prefix and `inputs` (the prompt's last token, then the previous round's
+        last token) have no keys/values anywhere.
 
         Draft: the inputs, then each drafted token, go through layers < draft_exit (writing their
-        keys/values there) and wait at the exit; the exit's greedy token is the next draft. The
-        last draft is pushed through the draft layers too, without a head, so verification also
-        scores it. Verify: everything waiting at the exit goes through layers >= draft_exit in
-        one batched call per layer, giving the full model's greedy token after each of the last
-        length + 1 positions. The longest prefix of drafts equal to those is accepted, then the
-        full model's token after it (its "bonus" token, with no keys/values yet: the next round's
-        input). Every layer is cropped to the accepted prefix, so the draft layers' keys/values of
-        accepted tokens are kept and reused by the verifier: each layer runs once per token."""
+        keys/values there) and wait at the exit; the exit's token (greedy, or drawn from its warped
+        distribution q) is the next draft. The last draft is pushed through the draft layers too,
+        without a head, so verification also scores it. Verify: everything waiting at the exit
+        goes through layers >= draft_exit in one batched call per layer, giving the full model's
+        next-token logits after each of the last length + 1 positions. Greedy: the longest prefix
+        of drafts equal to the full model's argmax is accepted, then the full model's token after
+        it. Sampled: draft i (given those before it were accepted) is accepted with probability
+        min(1, p_i(x_i) / q_i(x_i)); the first rejected one is replaced by a draw from the
+        normalised max(0, p_i - q_i), and if none is rejected a draw from p after the last draft
+        follows -- so every token is distributed as the full model's (Leviathan et al. 2023,
+        Chen et al. 2023). Every layer is then cropped to the accepted prefix, so the draft layers'
+        keys/values of accepted tokens are kept and reused by the verifier: each layer runs once
+        per token. The drafts stay on the device; the round reads back once."""
         base = self.fed
-        self._embed(inputs)
-        self._climb(0, draft_exit)
-        drafts: list[int] = []
+        self._embed(self._ids(inputs))
+        self._climb(0, draft_exit, "draft")
+        drafts: list[torch.Tensor] = []
+        draft_probabilities: list[torch.Tensor] = []
         for _ in range(length):
-            drafts.append(_greedy(self._logits(draft_exit, 1)))
-            self._embed(drafts[-1:])
-            self._climb(0, draft_exit)
-        self._climb(draft_exit, self.num_layers)
-        full = self._logits(self.num_layers, length + 1).argmax(dim=-1).tolist()
-        self.waiting[self.num_layers] = None
-        agreed = 0
-        while agreed < length and drafts[agreed] == full[agreed]:
-            agreed += 1
+            logits = self._logits(draft_exit, 1)
+            if warp is None:
+                token = logits.argmax(-1)
+            else:
+                draft_probabilities.append(warp.probabilities(logits))
+                token = torch.multinomial(draft_probabilities[-1], 1, generator=generator)[:, 0]
+            drafts.append(token)
+            self._embed(token.view(1, 1))
+            self._climb(0, draft_exit, "draft")
+        self._climb(draft_exit, self.num_layers, "verify")
+        logits = self._logits(self.num_layers, length + 1)
+        self.waiting[self.num_layers] = []
+        if warp is None:
+            values = torch.cat([*drafts, logits.argmax(-1)]).tolist()
+            proposed, full = values[:length], values[length:]
+            agreed = 0
+            while agreed < length and proposed[agreed] == full[agreed]:
+                agreed += 1
+            new = proposed[:agreed] + [full[agreed]]
+        else:
+            new, agreed = self._accept_sampled(drafts, draft_probabilities, warp.probabilities(logits), generator)
         self.fed = base + len(inputs) + agreed
         for index in range(self.num_layers):
             self.cache.crop(index, self.fed)
-        return drafts[:agreed] + [full[agreed]], agreed
+        return new, agreed
+
+    def _accept_sampled(self, drafts: list[torch.Tensor], draft_probabilities: list[torch.Tensor], full: torch.Tensor,
+                        generator: torch.Generator) -> tuple[list[int], int]:
+        """The speculative-sampling rule over one round at once: `full` is p [length + 1, vocab].
+        Each row's replacement is drawn up front (the one used is independent of the acceptance
+        draws), so the round reads back once."""
+        length = len(drafts)
+        fallback = full
+        if length:
+            proposed = torch.cat(drafts)
+            q = torch.cat(draft_probabilities)
+            p = full[:-1]
+            rows = torch.arange(length, device=full.device)
+            uniform = torch.rand(length, generator=generator, device=full.device)
+            accept = uniform * q[rows, proposed] < p[rows, proposed]  # probability min(1, p / q)
+            residual = (p - q).clamp_min(0)
+            # Where p <= q everywhere (p == q) a rejection has probability 0; any row will do there.
+            residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p)
+            fallback = torch.cat([residual, full[-1:]])
+        replacements = torch.multinomial(fallback, 1, generator=generator)[:, 0]
+        if not length:
+            return replacements.tolist(), 0
+        values = torch.cat([accept.long(), proposed, replacements]).tolist()
+        accepted, proposed_ids, replacement_ids = values[:length], values[length:2 * length], values[2 * length:]
+        agreed = 0
+        while agreed < length and accepted[agreed]:
+            agreed += 1
+        return proposed_ids[:agreed] + [replacement_ids[agreed]], agreed
 
 
 @torch.no_grad()

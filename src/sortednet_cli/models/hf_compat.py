@@ -112,10 +112,11 @@ class LayerCache:
         buffer = self._keys[layer_idx]
         if buffer is None or stop > buffer.shape[-2]:
             self._grow(layer_idx, keys, values, max(stop, self.capacity, 2 * (0 if buffer is None else buffer.shape[-2])))
-        self._keys[layer_idx][..., start:stop, :] = keys
-        self._values[layer_idx][..., start:stop, :] = values
+        keys_buffer, values_buffer = self._keys[layer_idx], self._values[layer_idx]
+        keys_buffer.narrow(-2, start, stop - start).copy_(keys)
+        values_buffer.narrow(-2, start, stop - start).copy_(values)
         self.lengths[layer_idx] = stop
-        return self._keys[layer_idx][..., :stop, :], self._values[layer_idx][..., :stop, :]
+        return keys_buffer.narrow(-2, 0, stop), values_buffer.narrow(-2, 0, stop)
 
     def _grow(self, layer: int, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         filled = self.lengths[layer]

@@ -275,6 +275,14 @@ class SortedDecoder(SortedTransformer):
     def positions(self, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
         return self.layout.position_embeddings(self.hf, hidden, positions)
 
+    @property
+    def positions_sliceable(self) -> bool:
+        """Whether `positions` of a..b-1 are rows a..b-1 of one table built for 0..n-1."""
+        return self.layout.positions_sliceable(self.hf)
+
+    def slice_positions(self, table: Any, start: int, count: int) -> Any:
+        return self.layout.slice_positions(table, start, count)
+
     def layer_mask(self, index: int, padding: Optional[torch.Tensor], query_len: int, key_len: int, hidden: torch.Tensor):
         return hf_compat.additive_mask(padding, query_len, key_len, hidden.dtype, hidden.device, causal=True, window=self.windows[index])
 
@@ -297,14 +305,6 @@ class SortedDecoder(SortedTransformer):
         mask, cut = extras["masks"][self.windows[index]], self.layer_cut(index, width)
         hidden = self.checkpointed(lambda h: self.run_layer(index, h, mask, extras["positions"], cut=cut), state.hidden)
         return LayerInput(hidden, extras)
-
-    @property
-    def positions_sliceable(self) -> bool:
-        """Whether `positions` of a..b-1 are rows a..b-1 of one table built for 0..n-1."""
-        return self.layout.positions_sliceable(self.hf)
-
-    def slice_positions(self, table: Any, start: int, count: int) -> Any:
-        return self.layout.slice_positions(table, start, count)
 
     def run_head(self, state: LayerInput, width: float) -> torch.Tensor:
         return self.logits(state.hidden)
