@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 ARGS ?=
+# pytest-xdist processes for `make test` (each runs torch on one thread; 1: one process on two)
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install train demo describe bench bench-quick sweep-grad-accum sweep-variants sweep-samplers sweep-fidelity report reproduce reproduce-gpu sst2-quick shakespeare-quick check-architectures test clean
@@ -66,8 +68,8 @@ shakespeare-quick: $(BIN)/sortednet ## a character-level LLaMA with every exit t
 check-architectures: $(BIN)/sortednet ## every supported model_type from scratch through train, export (Auto class) and generate (outputs/architectures)
 	sweeps/architectures.sh outputs/architectures $(ARGS)
 
-test: $(BIN)/sortednet ## run the test suite (and list its 15 slowest tests)
-	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+test: $(BIN)/sortednet ## run the test suite on TEST_WORKERS processes, a module each at a time (and list its 15 slowest tests)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15 $(ARGS)
 
 clean: ## remove the virtualenv and build leftovers (keeps outputs/)
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -32,7 +32,9 @@ TINY = [
     "eval.calib_examples=256",
 ]
 
-set_threads(2, "conftest")
+# `make test` runs two pytest-xdist workers on this 2-core machine: a thread each, so the two do
+# not fight over the cores; a lone pytest process takes both.
+set_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2, "conftest")
 
 # Tiny Transformers (2 layers, hidden 32) on tiny hand-made text; the data paths come from the
 # session fixtures glue_root and text_path (tiny_text_overrides puts them in).

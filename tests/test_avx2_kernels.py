@@ -67,7 +67,7 @@ def narrow_run(model_name: str, width: float) -> list[str]:
         f"model={model_name}", *FAMILY_OVERRIDES.get(model_name, []), "pool=tiny", f"pool.widths=[{width}]", "pool.depths=[1,max]",
         "sampler=sandwich", "trainer.grad_accum=2", "trainer.accum_same_batch=true",
         "data=fake", "data.fake_train_size=64", "data.fake_test_size=64",
-        "trainer.batch_size=32", "trainer.epochs=2", "trainer.device=cpu", "trainer.threads=1",
+        "trainer.batch_size=32", "trainer.epochs=1", "trainer.device=cpu", "trainer.threads=1",
         "sched.warmup_epochs=0", "eval.calib_examples=64", "eval.latency_repeats=1",
     ]
 
