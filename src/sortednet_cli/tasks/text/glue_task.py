@@ -73,14 +73,13 @@ class GlueClassification:
     @functools.cached_property
     def tokenizer(self):
         # Deferred: the tokenizers stack costs half a second to import, which image runs skip.
-        from .tokenizers import pretrained_tokenizer, tokenizer_from_state
+        from .tokenizers import task_tokenizer
 
-        if self.saved_tokenizer is not None:
-            return tokenizer_from_state(self.saved_tokenizer)
-        if self.profile.pretrained:
-            return pretrained_tokenizer(self.profile.pretrained)
-        examples = self.train_examples
-        return self._scratch_tokenizer(examples.text_a + (examples.text_b or []))
+        def scratch():
+            examples = self.train_examples
+            return self._scratch_tokenizer(examples.text_a + (examples.text_b or []))
+
+        return task_tokenizer(self.saved_tokenizer, self.profile.pretrained, scratch)
 
     def _scratch_tokenizer(self, texts: list[str]):
         from .tokenizers import train_byte_bpe, train_wordpiece

@@ -108,16 +108,15 @@ class InstructionTuning(NextTokenLoss):
 
     @functools.cached_property
     def tokenizer(self):
-        from .tokenizers import pretrained_tokenizer, tokenizer_from_state, train_byte_bpe
+        from .tokenizers import task_tokenizer, train_byte_bpe
 
-        if "tokenizer" in self.saved:
-            return tokenizer_from_state(self.saved["tokenizer"])
-        if self.profile.pretrained:
-            return pretrained_tokenizer(self.profile.pretrained)
-        if self.cfg.vocab_size < 257:
-            raise UserError(f"data.vocab_size={self.cfg.vocab_size}: the byte-level BPE needs at least 257 (256 bytes and <|endoftext|>)")
-        texts = [content for example in self._examples[0] for _, content in example.turns]
-        return train_byte_bpe(texts, self.cfg.vocab_size, roberta=False)
+        def scratch():
+            if self.cfg.vocab_size < 257:
+                raise UserError(f"data.vocab_size={self.cfg.vocab_size}: the byte-level BPE needs at least 257 (256 bytes and <|endoftext|>)")
+            texts = [content for example in self._examples[0] for _, content in example.turns]
+            return train_byte_bpe(texts, self.cfg.vocab_size, roberta=False)
+
+        return task_tokenizer(self.saved.get("tokenizer"), self.profile.pretrained, scratch)
 
     @functools.cached_property
     def template(self) -> str:

@@ -132,15 +132,14 @@ class LanguageModeling(NextTokenLoss):
     @functools.cached_property
     def tokenizer(self):
         # Deferred: the tokenizers stack costs half a second to import, which image runs skip.
-        from .tokenizers import pretrained_tokenizer, build_char_tokenizer, tokenizer_from_state, train_byte_bpe
+        from .tokenizers import build_char_tokenizer, task_tokenizer, train_byte_bpe
 
-        if self.saved_tokenizer is not None:
-            return tokenizer_from_state(self.saved_tokenizer)
-        if self.profile.pretrained:
-            return pretrained_tokenizer(self.profile.pretrained)
-        if self.cfg.tokenizer == TokenizerKind.char:
-            return build_char_tokenizer(self.text)
-        return train_byte_bpe([self.text[: self.split_at]], self.cfg.vocab_size, roberta=False)
+        def scratch():
+            if self.cfg.tokenizer == TokenizerKind.char:
+                return build_char_tokenizer(self.text)
+            return train_byte_bpe([self.text[: self.split_at]], self.cfg.vocab_size, roberta=False)
+
+        return task_tokenizer(self.saved_tokenizer, self.profile.pretrained, scratch)
 
     def _stream(self, text: str) -> torch.Tensor:
         from .tokenizers import tokenizer_kind, unknown_characters

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -179,6 +179,16 @@ def tokenizer_state(tokenizer: PreTrainedTokenizerFast) -> dict:
         "model_max_length": tokenizer.model_max_length,
         **({"chat_template": tokenizer.chat_template} if getattr(tokenizer, "chat_template", None) else {}),
     }
+
+
+def task_tokenizer(saved_state: Optional[dict], pretrained: Optional[str], scratch: Callable[[], PreTrainedTokenizerFast]) -> PreTrainedTokenizerFast:
+    """The tokenizer a text task encodes with: the one its checkpoint saved (a resumed run, eval-grid,
+    generate), else the pretrained model's, else `scratch()`, trained here on the task's text."""
+    if saved_state is not None:
+        return tokenizer_from_state(saved_state)
+    if pretrained:
+        return pretrained_tokenizer(pretrained)
+    return scratch()
 
 
 def tokenizer_from_state(state: dict) -> PreTrainedTokenizerFast:
