@@ -13,12 +13,14 @@ so that DDP's reducer and FSDP's root gathering see it.
   synchronising forward (`find_unused_parameters`); DDP marks a parameter used in any draw of the
   accumulation as used. Buffers are not broadcast: BatchNorm statistics stay per rank, as each
   rank normalises its own shard.
-- fsdp: `fully_shard` on every block of the model (a Transformer's layers: `block_module`) and on
-  the root: parameters, gradients and optimizer state are sharded over the ranks; each block's
+- fsdp: `fully_shard` on every block of the model (a Transformer's layers, a CNN's blocks:
+  `block_module`) and on the root: parameters, gradients and optimizer state are sharded over the ranks; each block's
   parameters are gathered for its forward and again for its backward, and its gradients
   reduce-scattered after every draw's backward (so accumulated gradients stay sharded). With
   precision bf16 (or fp16) the gathered parameters and the compute are in that type, gradients
-  are reduced in float32 and the sharded master weights stay float32.
+  are reduced in float32 and the sharded master weights stay float32. FSDP2 shards contiguous
+  parameters only: a CNN trains under it in NCHW (data.channels_last=false); its sliced BatchNorm
+  keeps per-rank statistics, as under ddp.
 """
 
 from __future__ import annotations
@@ -137,6 +139,10 @@ class FullyShardedDataParallel(Strategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+        scattered = [name for name, p in model.named_parameters() if not p.is_contiguous()]
+        if scattered:
+            raise UserError(f"trainer.strategy=fsdp shards contiguous parameters only, and {scattered[0]} is not (a channels_last "
+                            "model: set data.channels_last=false)")
         low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         options = {
             "mesh": init_device_mesh(self.device.type, (self.ranks.world_size,)),
