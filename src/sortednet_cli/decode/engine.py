@@ -42,6 +42,7 @@ DraftLen = Union[int, str]
 
 MAX_DRAFT_LEN = 16  # auto drafts at most this many tokens per round
 PRIOR_POSITIONS = 32  # the prompt positions whose exits' agreement starts the acceptance estimates
+PRIOR_WEIGHT = 4.0  # ...counted as this many drafts: the generated text, not the prompt, is what drafts must match
 PROBE_EVERY = 8  # while auto drafts nothing, every 8th round drafts one token, so acceptance stays measured
 
 
@@ -266,7 +267,8 @@ def choose_draft(costs: DecodeCosts, acceptance: Mapping[int, float], num_layers
 class AcceptanceEstimates:
     """Per candidate exit, the chance that a draft is accepted given that those before it were:
     Laplace's (accepted + 1) / (tested + 2), counting the prompt's positions (how often the
-    exit's next token agreed with the full model's there) and every draft verified since."""
+    exit's next token agreed with the full model's there, worth PRIOR_WEIGHT drafts in all) and
+    every draft verified since."""
 
     def __init__(self, exits: Sequence[int]):
         self.accepted = dict.fromkeys(exits, 0.0)
@@ -594,8 +596,9 @@ class ExitDecoder:
             clock = self.clock
             began = clock.now()
             full = self.model.logits(self.waiting[self.num_layers][-1][:, -PRIOR_POSITIONS:])[0]
+            weight = min(1.0, PRIOR_WEIGHT / full.shape[0])
             for exit, hidden in states.items():
-                estimates.add(exit, draft_acceptance(self.model.logits(hidden)[0], full, warp), full.shape[0])
+                estimates.add(exit, weight * draft_acceptance(self.model.logits(hidden)[0], full, warp), weight * full.shape[0])
             clock.add("prefill", "head", full.shape[0], clock.now() - began)
         self.waiting[self.num_layers] = []
 
