@@ -36,7 +36,7 @@ def encoder(glue, *extra):
 
 
 def small_text(path):
-    """Short patterned text: 5 steps an epoch at batch 8 x 16 tokens."""
+    """Short patterned text: 8 steps an epoch at batch 8 x 16 tokens with 2 draws a step."""
     write_tiny_text(path)
     path.write_text("\n".join(path.read_text().splitlines()[:48]) + "\n")
     return path
