@@ -102,24 +102,31 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     if best_fixed is not None:
         best_fixed["breakdown"] = _pooled_breakdown(_measure(
             lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"]), prompts, max_new_tokens)[1])
+    library_rows, library_unsupported = _library_rows(model, prompts, max_new_tokens, library_exits, identical)
+    rows += library_rows
+    for row in rows:
+        row["speedup"] = row["tokens_per_second"] / reference["tokens_per_second"] if reference["tokens_per_second"] else 0.0
+    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers),
+            "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
+            "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
+
+
+def _library_rows(model: SortedDecoder, prompts: list[list[int]], max_new_tokens: int, library_exits: Sequence[int],
+                  identical: Callable[[list[Generation]], bool]) -> tuple[list[dict], Optional[str]]:
+    """transformers' greedy and its assistant_early_exit at each exit, and why the latter could
+    not run on this architecture (None when it ran)."""
     row, runs = _measure(lambda p, n: library_greedy(model, p, n), prompts, max_new_tokens)
-    rows.append({"mode": "library_greedy", "label": "transformers greedy", **row, "identical": identical(runs)})
-    library_unsupported = None
+    rows = [{"mode": "library_greedy", "label": "transformers greedy", **row, "identical": identical(runs)}]
     for depth in library_exits:
         try:
             row, runs = _measure(lambda p, n: library_assistant_early_exit(model, p, n, depth), prompts, max_new_tokens)
         except (IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
             # The library's early-exit assistant does not run on every architecture (GPT-2 and
             # GPT-NeoX index a cache of the draft's depth with the full depth's layer ids).
-            library_unsupported = f"transformers' assistant_early_exit fails on {model.config.model_type}: {type(exc).__name__}: {exc}"
-            break
+            return rows, f"transformers' assistant_early_exit fails on {model.config.model_type}: {type(exc).__name__}: {exc}"
         rows.append({"mode": "library_assistant_early_exit", "label": f"transformers E={depth}", "exit": depth, **row,
                      "identical": identical(runs)})
-    for row in rows:
-        row["speedup"] = row["tokens_per_second"] / reference["tokens_per_second"] if reference["tokens_per_second"] else 0.0
-    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers),
-            "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
-            "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
+    return rows, None
 
 
 def _chosen(generations: list[Generation]) -> list[str]:
