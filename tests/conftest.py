@@ -22,14 +22,14 @@ SHARED_CIFAR10 = Path(os.environ.get("SORTEDNET_TEST_CIFAR10", REPO.parent / "sh
 TINY = [
     "data=fake",
     "data.fake_train_size=512",
-    "data.fake_test_size=256",
+    "data.fake_test_size=128",
     "pool=tiny",
     "trainer.epochs=2",
     "trainer.batch_size=32",
     "trainer.device=cpu",
     "sched.warmup_epochs=0",
     "trainer.eval_grid=false",
-    "eval.calib_examples=256",
+    "eval.calib_examples=128",
 ]
 
 # `make test` runs two pytest-xdist workers on this 2-core machine: a thread each, so the two do

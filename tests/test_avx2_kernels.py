@@ -62,13 +62,13 @@ def run_avx2(commands: list[list[str]], cwd: Path) -> None:
 
 
 def narrow_run(model_name: str, width: float) -> list[str]:
-    # sandwich with two draws per step trains both depths of the pool in every step
+    # one step of 32 images: sandwich with two draws trains both depths of the pool in it
     return [
         f"model={model_name}", *FAMILY_OVERRIDES.get(model_name, []), "pool=tiny", f"pool.widths=[{width}]", "pool.depths=[1,max]",
         "sampler=sandwich", "trainer.grad_accum=2", "trainer.accum_same_batch=true",
-        "data=fake", "data.fake_train_size=64", "data.fake_test_size=64",
+        "data=fake", "data.fake_train_size=32", "data.fake_test_size=32",
         "trainer.batch_size=32", "trainer.epochs=1", "trainer.device=cpu", "trainer.threads=1",
-        "sched.warmup_epochs=0", "eval.calib_examples=64", "eval.latency_repeats=1",
+        "sched.warmup_epochs=0", "eval.calib_examples=32", "eval.latency_repeats=1",
     ]
 
 
@@ -76,7 +76,7 @@ def bench_args(model_name: str, width: float, run_dir: Path) -> list[str]:
     return [
         "bench", f"model={model_name}", *FAMILY_OVERRIDES.get(model_name, []), "pool=tiny", f"pool.widths=[{width}]", "pool.depths=[1,max]",
         "data=fake", "data.fake_train_size=256", "data.fake_test_size=64", "threads=1", "device=cpu",
-        "bench.rounds=1", "bench.steps=2", "bench.batch_size=32", "bench.workers=0",
+        "bench.rounds=1", "bench.steps=1", "bench.batch_size=32", "bench.workers=0",
         "bench.eval_examples=32", "bench.calib_examples=32", "bench.grid_rounds=1", f"hydra.run.dir={run_dir}",
     ]
 
@@ -94,10 +94,10 @@ def avx2_runs(request, tmp_path_factory) -> tuple[str, list[float], Path]:
     commands = [["train", *narrow_run(model_name, width), *([] if width == widths[0] else ["eval.latency=false"]),
                  f"hydra.run.dir={root / f'w{width}'}"] for width in widths]
     commands += [
-        ["eval-grid", f"checkpoint={narrowest}", "eval.method=naive", "eval.calib_examples=64",
+        ["eval-grid", f"checkpoint={narrowest}", "eval.method=naive", "eval.calib_examples=32",
          "eval.latency=false", f"hydra.run.dir={root / 'grid'}"],
         ["export", f"checkpoint={narrowest}", f"sub.width={widths[0]}", "sub.depth=1",
-         "eval.calib_examples=64", f"hydra.run.dir={root / 'export'}"],
+         "eval.calib_examples=32", f"hydra.run.dir={root / 'export'}"],
         bench_args(model_name, widths[0], root / "bench"),
     ]
     run_avx2(commands, root)

@@ -5,16 +5,15 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sortednet_cli.engine import bench as engine_bench
 from sortednet_cli.engine import train as engine_train
 from sortednet_cli.tasks.image.bench import ImageBench, plain_folder_dataset
 
 from conftest import compose_config, run_cli
+from test_image_folder import write_tree
 
 TINY_COUNTS = [
     "bench.rounds=1",
@@ -102,21 +101,9 @@ def test_bench_refuses_data_it_cannot_run_on_in_one_line(tmp_path, capsys):
 # --- data=image_folder: the engine's step against torchvision's ImageFolder + DataLoader ------
 
 
-def write_png_tree(root: Path, classes=("cat", "dog", "owl"), train=16, val=4, size=(40, 48)) -> Path:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train), ("val", val)):
-        for c, name in enumerate(classes if count else ()):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(60 + 50 * c, 25, (*size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-    return root
-
-
 @pytest.mark.parametrize("cache", ["memory", "stream"])
 def test_bench_on_an_image_folder_against_torchvisions_image_folder(tmp_path, capsys, cache):
-    root = write_png_tree(tmp_path / "tree")
+    root = write_tree(tmp_path / "tree", train=16, jpeg_every=None)
     args = ["data=image_folder", f"data.root={root}", "data.image_size=16", "data.workers=0", f"data.cache={cache}",
             "pool=tiny", *TINY_COUNTS, "bench.batch_size=16", f"hydra.run.dir={tmp_path / 'bench'}"]
     code, out, err = run_cli(["bench", *args], capsys)
@@ -134,7 +121,7 @@ def test_bench_on_an_image_folder_against_torchvisions_image_folder(tmp_path, ca
 
 
 def test_the_plain_image_folder_reads_the_tasks_training_files_at_its_size(tmp_path):
-    root = write_png_tree(tmp_path / "tree", val=0)  # no val/: a share of each class is held out
+    root = write_tree(tmp_path / "tree", train=16, val=0, jpeg_every=None)  # no val/: a share of each class is held out
     cfg = compose_config("bench", ["data=image_folder", f"data.root={root}", "data.image_size=24", "data.val_fraction=0.25",
                                    "data.workers=0", "data.train_subset=30"])
     from sortednet_cli.tasks import build_task

@@ -59,8 +59,8 @@ def test_the_cifar_tree_is_written_once_and_an_interrupted_one_again(tmp_path):
     assert (out / ".complete").stat().st_mtime_ns == stamp
 
 
-def write_tree(root: Path, classes=("cat", "dog", "owl"), train=12, val=4, size=(40, 48), jpeg_every=3) -> Path:
-    """A small synthetic tree: each class a colour of its own, PNGs with a JPEG every few."""
+def write_tree(root: Path, classes=("cat", "dog", "owl"), train=12, val=4, size=(40, 48), jpeg_every: int | None = 3) -> Path:
+    """A small synthetic tree: each class a colour of its own, PNGs with a JPEG every few (none if jpeg_every is None)."""
     rng = np.random.default_rng(0)
     for split, count in (("train", train), ("val", val)):
         if not count:
@@ -70,7 +70,7 @@ def write_tree(root: Path, classes=("cat", "dog", "owl"), train=12, val=4, size=
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 pixels = np.clip(rng.normal(60 + 50 * c, 25, (*size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:03d}.{'jpg' if i % jpeg_every == 0 else 'png'}")
+                Image.fromarray(pixels).save(folder / f"{i:03d}.{'jpg' if jpeg_every and i % jpeg_every == 0 else 'png'}")
     return root
 
 

@@ -32,7 +32,7 @@ OLD_KEYS = {
 }
 # How an earlier version wrote what now has the new names: in the saved config, summary.json,
 # grid.json and the checkpoint.
-OLD_CONFIG = {"objective: sampled": "update: draws", "calib_examples: 256": "calib_images: 256", "metric_bar: null": "min_accuracy: 0.05",
+OLD_CONFIG = {"objective: sampled": "update: draws", "calib_examples: 128": "calib_images: 128", "metric_bar: null": "min_accuracy: 0.05",
               "precision: auto": "amp: true"}
 
 
@@ -99,7 +99,7 @@ def test_the_old_run_is_written_with_the_old_names(old_run):
 def test_a_checkpoint_config_with_old_keys_reads_with_the_new_ones(old_run):
     cfg = checkpoint_config(load_checkpoint(old_run))
     assert cfg.trainer.objective.value == "sampled"
-    assert (cfg.eval.calib_examples, cfg.select.metric_bar, cfg.data.channels_last) == (256, 0.05, True)
+    assert (cfg.eval.calib_examples, cfg.select.metric_bar, cfg.data.channels_last) == (128, 0.05, True)
     assert cfg.trainer.precision.value == "auto"  # amp=true was bf16 autocast on CUDA alone
     for section, old in (("trainer", "update"), ("eval", "calib_images"), ("select", "min_accuracy"), ("trainer", "channels_last"), ("trainer", "amp")):
         assert old not in cfg[section]
@@ -125,7 +125,7 @@ def test_a_checkpoint_with_old_keys_evaluates_and_resumes(old_run, tmp_path, cap
     summary = json.loads((old_run / "summary.json").read_text())
     assert summary["examples_per_second"] == old_speed and "images_per_second" not in summary
     # The run's own eval.* and select.* settings, saved as eval.calib_images and select.min_accuracy.
-    assert json.loads((old_run / "grid.json").read_text())["calib_examples"] == 256
+    assert json.loads((old_run / "grid.json").read_text())["calib_examples"] == 128
     assert json.loads((old_run / "selected.json").read_text())["bar"]["metric_bar"] == 0.05
 
 

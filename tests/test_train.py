@@ -85,7 +85,8 @@ def interrupt_at(monkeypatch, call_number):
 
 @pytest.mark.parametrize("extra", [[], ["trainer.grad_accum=2", "sampler=sandwich"]])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch, extra):
-    overrides = ["trainer.epochs=2", "trainer.log_every=3", *extra]
+    # 8 batches an epoch: the first case resumes within epoch 1 and crosses into epoch 2, the second within epoch 2
+    overrides = ["data.fake_train_size=256", "trainer.epochs=2", "trainer.log_every=3", *extra]
     straight = run(tmp_path, *overrides, name="straight")
 
     interrupt_at(monkeypatch, 5)
@@ -239,12 +240,13 @@ def test_resume_may_change_the_memory_format(tmp_path, monkeypatch):
     """A run started with one memory format (say, one that hung) continues with the other: the
     continuation starts from the checkpoint (its first losses are the uninterrupted run's, up to
     float rounding, which later steps amplify) and runs to the end."""
-    straight = run(tmp_path, "trainer.epochs=2", name="straight")
+    short = ["data.fake_train_size=256", "trainer.epochs=2"]  # 16 steps
+    straight = run(tmp_path, *short, name="straight")
     interrupt_at(monkeypatch, 5)
-    run(tmp_path, "trainer.epochs=2", name="stopped")
+    run(tmp_path, *short, name="stopped")
     monkeypatch.undo()
     overrides = [f"resume={tmp_path / 'stopped'}", "data.channels_last=false"]
-    resumed = train(compose_config("train", [*TINY, "trainer.epochs=2", *overrides]), tmp_path / "x", overrides=overrides, console=quiet())
+    resumed = train(compose_config("train", [*TINY, *short, *overrides]), tmp_path / "x", overrides=overrides, console=quiet())
     assert resumed.summary["steps"] == straight.summary["steps"] == load_checkpoint(tmp_path / "stopped")["step"]
     losses = {}
     for name in ("straight", "stopped"):
