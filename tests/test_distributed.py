@@ -291,14 +291,14 @@ def test_commands_read_a_sharded_checkpoint_and_name_missing_shards(two_ranks, t
 def test_torchrun_makes_a_single_run_directory(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "sortednet_cli", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*torchrun, *TINY, "trainer.epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*torchrun, *TINY, "data.fake_train_size=128", "trainer.epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     if result.returncode != 0 and "gloo" in result.stderr.lower() and "connect" in result.stderr.lower():
         pytest.skip("gloo could not connect here")
     assert result.returncode == 0, result.stderr[-2000:]
     runs = list((tmp_path / "outputs" / "train").iterdir())
     assert len(runs) == 1
     summary = json.loads((runs[0] / "summary.json").read_text())
-    assert summary["steps"] == 16
+    assert summary["steps"] == 4  # 128 images in global batches of 32
 
 
 @pytest.mark.parametrize("overrides, env, message", [
