@@ -186,7 +186,7 @@ def test_eval_grid_defaults_to_the_newest_train_run_and_a_baseline_run(trained, 
 
 
 def test_export_round_trip_is_smaller_and_scores_the_same(trained, tmp_path, capsys):
-    code, _, err = run_cli(["export", f"checkpoint={trained}", "data=fake", "eval.calib_examples=128", "sub.width=0.5", "sub.depth=[1,1,1]", f"hydra.run.dir={tmp_path}"], capsys)
+    code, _, err = run_cli(["export", f"checkpoint={trained}", "eval.calib_examples=128", "sub.width=0.5", "sub.depth=[1,1,1]", f"hydra.run.dir={tmp_path}"], capsys)
     assert code == 0, err
     path = tmp_path / "w0.5_d1-1-1.pt"
     small = load_exported(path)
@@ -214,7 +214,7 @@ def test_export_selected_writes_one_file_per_selected_sub_model(trained, tmp_pat
     grid_dir = tmp_path / "grid"
     assert run_cli(["eval-grid", f"checkpoint={trained}", "data=fake", *FAST_EVAL, "select.min_relative=0.5", f"hydra.run.dir={grid_dir}"], capsys)[0] == 0
     selected = json.loads((grid_dir / "selected.json").read_text())["selected"]
-    code, _, err = run_cli(["export", f"checkpoint={trained}", "data=fake", "eval.calib_examples=128", "sub=selected", f"sub.file={grid_dir / 'selected.json'}", f"hydra.run.dir={tmp_path / 'ex'}"], capsys)
+    code, _, err = run_cli(["export", f"checkpoint={trained}", "eval.calib_examples=128", "sub=selected", f"sub.file={grid_dir / 'selected.json'}", f"hydra.run.dir={tmp_path / 'ex'}"], capsys)
     assert code == 0, err
     assert len(list((tmp_path / "ex").glob("w*_d*.pt"))) == len(selected) > 0
 
