@@ -107,10 +107,10 @@ def test_train_runs_from_the_cli_with_overrides(tmp_path, capsys):
 
 
 def test_multirun_over_grad_accum_gives_one_run_per_value(tmp_path, capsys):
-    code, out, _ = run_cli(["train", "-m", *TINY, "trainer.epochs=1", "trainer.grad_accum=1,2", f"hydra.sweep.dir={tmp_path}"], capsys)
+    code, out, _ = run_cli(["train", "-m", *TINY, "data.fake_train_size=128", "trainer.epochs=1", "trainer.grad_accum=1,2", f"hydra.sweep.dir={tmp_path}"], capsys)
     assert code == 0, out
     steps = [json.loads((tmp_path / str(job) / "summary.json").read_text())["steps"] for job in (0, 1)]
-    assert steps == [16, 8]
+    assert steps == [4, 2]  # 4 batches of 32
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_unknown_command(capsys):
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path, capsys):
     # The second job's grad_accum is invalid; the first and third still run.
-    code, _, err = run_cli(["train", "-m", *TINY, "trainer.epochs=1", "trainer.grad_accum=1,0,2", f"hydra.sweep.dir={tmp_path}"], capsys)
+    code, _, err = run_cli(["train", "-m", *TINY, "data.fake_train_size=128", "trainer.epochs=1", "trainer.grad_accum=1,0,2", f"hydra.sweep.dir={tmp_path}"], capsys)
     assert code == 2
     assert err.strip().splitlines()[-1] == "sortednet: error: trainer.grad_accum must be >= 1 (got 0)"
     assert (tmp_path / "0" / "summary.json").is_file() and (tmp_path / "2" / "summary.json").is_file()

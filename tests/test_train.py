@@ -107,8 +107,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, monkey
 
 
 def test_resume_refuses_to_change_the_run(tmp_run):
-    run(tmp_run, "trainer.epochs=1")
-    cfg = compose_config("train", [*TINY, f"resume={tmp_run / 'run'}", "pool=160"])
+    run(tmp_run, "data.fake_train_size=128", "trainer.epochs=1")
+    cfg = compose_config("train", [*TINY, "data.fake_train_size=128", f"resume={tmp_run / 'run'}", "pool=160"])
     with pytest.raises(UserError, match="'pool=160' cannot change when resuming"):
         train(cfg, tmp_run / "other", overrides=["pool=160", f"resume={tmp_run / 'run'}"], console=quiet())
 
@@ -150,7 +150,7 @@ def test_wandb_logger_runs_offline(tmp_run, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run(tmp_run, "trainer.epochs=1", "logger=wandb")
+    run(tmp_run, "data.fake_train_size=128", "trainer.epochs=1", "logger=wandb")
     assert (tmp_run / "run" / "metrics.csv").exists()
     assert list((tmp_run / "run" / "wandb").glob("offline-run-*"))
 
@@ -164,7 +164,7 @@ def test_norm_variants_train_with_per_example_norms_and_nothing_to_recalibrate(t
     from sortednet_cli.models.layers import SlicedBatchNorm2d, SlicedGroupNorm, SlicedInstanceNorm2d
     from sortednet_cli.sorted.submodel import SubModel
 
-    result = run(tmp_run, "trainer.epochs=1", f"model.norm={norm}", name="run")
+    result = run(tmp_run, "data.fake_train_size=128", "trainer.epochs=1", f"model.norm={norm}", name="run")
     model = result.model
     kind = {"in": SlicedInstanceNorm2d, "gn": SlicedGroupNorm}[norm]
     bn_count = sum(isinstance(m, SlicedBatchNorm2d) for m in build_model(compose_config("train", TINY).model).modules())
@@ -201,8 +201,8 @@ def test_tiny_real_cifar10_run_beats_chance(tmp_run, cifar10_root):
 
 
 def test_resuming_a_finished_run_keeps_its_training_figures(tmp_run):
-    first = run(tmp_run, "trainer.epochs=1")
-    again = train(compose_config("train", [*TINY, "trainer.epochs=1", f"resume={tmp_run / 'run'}"]), tmp_run / "x", console=quiet())
+    first = run(tmp_run, "data.fake_train_size=128", "trainer.epochs=1")
+    again = train(compose_config("train", [*TINY, "data.fake_train_size=128", "trainer.epochs=1", f"resume={tmp_run / 'run'}"]), tmp_run / "x", console=quiet())
     for key in ("final_loss", "examples_per_second", "steps"):
         assert again.summary[key] == first.summary[key]
 
@@ -232,7 +232,7 @@ def test_the_model_gets_the_memory_format_asked_for(tmp_run, monkeypatch, channe
                  "nchw" if x.is_contiguous() else "other")
 
     monkeypatch.setattr(PreResNet, "run_stem", lambda self, x, width: (record(x), original_stem(self, x, width))[1])
-    run(tmp_run, "trainer.epochs=1", "trainer.eval_grid=true", "eval.latency=false", f"data.channels_last={str(channels_last).lower()}")
+    run(tmp_run, "data.fake_train_size=128", "trainer.epochs=1", "trainer.eval_grid=true", "eval.latency=false", f"data.channels_last={str(channels_last).lower()}")
     assert seen == {"channels_last" if channels_last else "nchw"}
 
 
@@ -290,7 +290,7 @@ def test_a_stalled_step_is_reported_with_its_sub_model(tmp_run, monkeypatch, cap
 
 
 def test_inplace_distillation_trains_and_refuses_what_cannot_work(tmp_run):
-    result = run(tmp_run, "trainer.epochs=1", "sampler=sandwich", "trainer.grad_accum=2", "trainer.accum_same_batch=true",
+    result = run(tmp_run, "data.fake_train_size=128", "trainer.epochs=1", "sampler=sandwich", "trainer.grad_accum=2", "trainer.accum_same_batch=true",
                  "trainer.distill=inplace", "trainer.distill_temperature=2", "trainer.distill_alpha=0.5")
     assert result.summary["final_loss"] > 0
     with open(tmp_run / "run" / "metrics.csv", newline="") as f:
