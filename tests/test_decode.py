@@ -382,7 +382,8 @@ def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts,
     result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4), (2, "auto")],
                           library_exits=[3])
     modes = [row["mode"] for row in result["rows"]]
-    assert modes == ["full", "exit", "early_exit", "speculative", "speculative", "library_greedy", "library_assistant_early_exit"]
+    assert modes == ["full", "full_library_layers", "exit", "early_exit", "speculative", "speculative", "library_greedy",
+                     "library_assistant_early_exit"]  # a llama layout: lean steps, so the library-layers row
     assert all(row["identical"] for row in result["rows"] if "identical" in row)
     assert result["rows"][0]["speedup"] == 1.0
     assert result["pick"]["mode"] in ("full", "speculative") and result["pick"]["reason"]

@@ -182,6 +182,69 @@ def test_greedy_decoding_equals_the_library_generate_and_speculation_equals_gree
     assert decoder.exit(prompt, 20, 1).tokens == ExitDecoder(model.extract(SubModel(1.0, (1,)))).full(prompt, 20).tokens
 
 
+LEAN = ["llama", "mistral", "qwen2", "qwen3"]  # hf_layouts.RotaryDecoder.lean_model_types
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("model_type", LEAN)
+def test_lean_decoding_steps_equal_the_library_layers_to_the_bit(model_type, dtype):
+    """Each layer's lean step (its forward inlined) gives the library layer's output and writes
+    its keys and values, bit for bit: a 6-position prefill, one position, then 3 at once (the
+    verifier's call), past the sliding windows; under the library's sdpa attention."""
+    model = build(model_type, attention="sdpa").to(dtype)
+    assert model.lean_decoding
+    hidden = torch.randn(1, 10, 32, dtype=dtype)
+    table = model.positions(hidden, torch.arange(10)[None])
+    library_cache, lean_cache = hf_compat.LayerCache(3, 10), hf_compat.LayerCache(3, 10)
+    with torch.inference_mode():
+        for index in range(3):
+            step = model.decode_step(index)
+            for start, stop in ((0, 6), (6, 7), (7, 10)):
+                mask = model.layer_mask(index, None, stop - start, stop, hidden)
+                piece, rows = hidden[:, start:stop], model.slice_positions(table, start, stop - start)
+                expected = model.run_layer(index, piece, mask, rows, library_cache)
+                assert torch.equal(step(piece, mask, rows, lean_cache), expected)
+            for ours, theirs in zip(lean_cache.filled(index), library_cache.filled(index)):
+                assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("model_type", LEAN)
+def test_lean_decoding_reproduces_the_library_generate(model_type):
+    """Greedy decoding over the lean steps, the library's layers and the library's generate:
+    the same tokens; speculation over the lean steps too."""
+    model = build(model_type, attention="sdpa")
+    prompt = [5, 17, 3, 9, 22, 41]
+    ours = ExitDecoder(model).full(prompt, 20).tokens
+    assert ExitDecoder(model, library_layers=True).full(prompt, 20).tokens == ours
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        out = model.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    assert ours == out[0, len(prompt):].tolist()
+    assert ExitDecoder(model).speculative(prompt, 20, 1, 3).tokens == ours
+
+
+@pytest.mark.parametrize("model_type", ["olmo2", "phi3", "gpt2", "gpt_neox"])  # Gemma 2 has no sdpa
+def test_layouts_without_a_lean_step_decode_through_the_library_layers(model_type):
+    assert not build(model_type, attention="sdpa").lean_decoding
+    assert not build("llama").lean_decoding  # eager attention: the lean steps inline sdpa's
+
+
+def test_a_lean_step_in_training_mode_is_the_library_layer_with_its_dropout():
+    config = tiny_config("llama", "sdpa")
+    config.attention_dropout = 0.5
+    torch.manual_seed(0)
+    model = sorted_from_config(config).train()
+    hidden = torch.randn(1, 4, 32)
+    table = model.positions(hidden, torch.arange(4)[None])
+    mask = model.layer_mask(0, None, 4, 4, hidden)
+    outputs = []
+    for run in (model.decode_step(0), lambda *args: model.run_layer(0, *args)):
+        torch.manual_seed(1)
+        outputs.append(run(hidden, mask, table, hf_compat.LayerCache(3, 4)))
+    assert torch.equal(*outputs)
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "gemma2"])
 def test_bench_decode_runs_on_every_layout(model_type):
     """Every row is lossless where it should be; where the library's own early-exit assistant

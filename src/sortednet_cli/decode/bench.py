@@ -59,7 +59,8 @@ def _pooled_breakdown(generations: list[Generation]) -> dict:
 def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, exits: Sequence[int] = (),
                  thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen]] = (),
                  library_exits: Sequence[int] = ()) -> dict:
-    """Rows for full greedy (the reference), each exit alone, early exit at each threshold,
+    """Rows for full greedy (the reference), the same through the library's layer modules where
+    the layout has lean decoding steps (models/hf_layouts.py), each exit alone, early exit at each threshold,
     self-speculation at each (draft exit, draft length; either may be "auto"), and transformers'
     greedy and assistant_early_exit at each exit (library defaults for its draft length); each
     with speedup = its tokens/s over full greedy's. "pick" is the fastest lossless setting;
@@ -74,6 +75,11 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
 
     def identical(generations: list[Generation]) -> bool:
         return all(g.tokens == expected for g, expected in zip(generations, greedy_tokens))
+
+    if model.lean_decoding:  # what the layout's lean steps save, beside them
+        library_layers = ExitDecoder(model, library_layers=True)
+        row, runs = _measure(lambda p, n: library_layers.full(p, n), prompts, max_new_tokens)
+        rows.append({"mode": "full_library_layers", "label": "full greedy, library layers", **row, "identical": identical(runs)})
 
     for depth in exits:
         row, runs = _measure(lambda p, n: decoder.exit(p, n, depth), prompts, max_new_tokens)

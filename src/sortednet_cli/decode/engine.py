@@ -5,8 +5,11 @@ over one KV cache.
 Sorted training makes every depth a usable LM with the shared final norm and head, so one set of
 weights can draft, verify and exit early. That needs a cache whose layers hold different lengths
 (a token that stopped at exit e has no keys/values above e), which the library's `generate` does
-not keep; this module runs the library's own layers one at a time through the model's layout
-(models/hf_layouts.py).
+not keep; this module runs the layers one at a time through the model's layout
+(models/hf_layouts.py): the library's own layer modules, or, where the layout has one, the same
+layer's arithmetic inlined op for op (its lean step: bitwise the same output, without the
+per-call plumbing that dominates a layer call at batch 1 and a small hidden size). Every mode
+runs under inference mode, which skips autograd's per-op bookkeeping.
 
 What a token costs besides arithmetic is kept down: the cache is preallocated to the generation
 (hf_compat.LayerCache writes into a slice), position ids and rotary tables are built once per
@@ -300,10 +303,12 @@ class ExitDecoder:
 
     `timed`: every generation carries its PhaseClock breakdown in `stats["breakdown"]` (on a GPU
     that synchronises at every phase mark; choosing drafts automatically always does).
-    Call `model.eval()` first (dropout).
+    `library_layers`: run every layer through the library's module, not the layout's lean step
+    (the same output; bench-decode measures what the lean steps save). Call `model.eval()`
+    first (dropout).
     """
 
-    def __init__(self, model: SortedDecoder, timed: bool = False):
+    def __init__(self, model: SortedDecoder, timed: bool = False, library_layers: bool = False):
         if not family_of(model).decodes:
             raise UserError(f"decoding needs a model whose family decodes, not {type(model).__name__}")
         self.model = model
@@ -314,6 +319,7 @@ class ExitDecoder:
         self.context = int(model.config.max_position_embeddings)
         self.vocab_size = int(model.config.vocab_size)
         self.timed = timed
+        self._steps = [model.decode_step(index, lean=not library_layers) for index in range(self.num_layers)]
         self._sliceable_positions = model.positions_sliceable
         self._reset(1)
 
@@ -381,8 +387,8 @@ class ExitDecoder:
         start, count = self.cache.lengths[index], hidden.shape[1]
         clock = self.clock
         began = clock.now() if clock else 0.0
-        out = self.model.run_layer(index, hidden, self._mask(index, count, start + count, hidden),
-                                   self._position_embeddings(hidden, start, count), self.cache)
+        out = self._steps[index](hidden, self._mask(index, count, start + count, hidden),
+                                 self._position_embeddings(hidden, start, count), self.cache)
         if clock:
             clock.add(self._phase, "layer", count, clock.now() - began)
         self.waiting[index + 1].append(out)
@@ -436,13 +442,13 @@ class ExitDecoder:
 
     # --- modes -----------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def full(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, top_k: Optional[int] = None,
              seed: int = 0, eos_id: Optional[int] = None) -> Generation:
         """The whole model: greedy, or sampled at `temperature` over the `top_k` best."""
         return self._single_exit("full", prompt_ids, max_new_tokens, self.num_layers, temperature, top_k, seed, eos_id)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def exit(self, prompt_ids: Sequence[int], max_new_tokens: int, exit_layer: int, temperature: float = 0.0,
              top_k: Optional[int] = None, seed: int = 0, eos_id: Optional[int] = None) -> Generation:
         """Exit `exit_layer` as its own LM: only its first layers run, deeper ones never do."""
@@ -474,7 +480,7 @@ class ExitDecoder:
             extra.update(temperature=temperature, top_k=top_k, seed=seed)
         return self._finish(mode, tokens, started, max_new_tokens, eos_id, **extra)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def early_exit(self, prompt_ids: Sequence[int], max_new_tokens: int, threshold: float,
                    exits: Optional[Sequence[int]] = None, eos_id: Optional[int] = None) -> Generation:
         """Greedy, each token stopping at the first of `exits` (default every layer) whose max
@@ -520,7 +526,7 @@ class ExitDecoder:
         return self._finish("early_exit", tokens, started, max_new_tokens, eos_id, threshold=threshold,
                             exits=sorted(candidates), exits_used=exits_used, mean_exit_layer=mean_exit)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def speculative(self, prompt_ids: Sequence[int], max_new_tokens: int, draft_exit: DraftExit = AUTO, draft_len: DraftLen = AUTO,
                     temperature: float = 0.0, top_k: Optional[int] = None, seed: int = 0, eos_id: Optional[int] = None) -> Generation:
         """Lossless self-speculative decoding: exit `draft_exit` drafts, the full model verifies

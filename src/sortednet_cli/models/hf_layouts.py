@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -147,6 +147,14 @@ class DecoderLayout(Layout):
         extra = {} if position_embeddings is None else {"position_embeddings": position_embeddings}
         return hf_compat.call_layer(layer, cut, hidden, attention_mask=mask, **{self.cache_keyword: cache}, **extra)
 
+    def lean_step(self, layer: nn.Module, config) -> Optional[LeanStep]:
+        """The layer's eval-mode, full-width arithmetic written out op for op, without the module
+        calls and keyword plumbing around it (at batch 1 and a small hidden size most of a
+        library layer call is that plumbing, not arithmetic), or None where this layout has no
+        such step for the layer. A step returns what `run_layer` returns, to the bit
+        (tests/test_hf_compat.py pins it); decoding uses it (decode/engine.py)."""
+        return None
+
     def logits(self, hf: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The shared final norm and LM head: what turns any exit's state into next-token logits."""
         raise NotImplementedError
@@ -154,6 +162,50 @@ class DecoderLayout(Layout):
     def scratch_config(self, model_type: str, sizes: dict):
         """A library config for a model trained from scratch (`model.arch`, the size keys)."""
         raise NotImplementedError
+
+
+LeanStep = Callable[[torch.Tensor, Optional[torch.Tensor], Any, "hf_compat.LayerCache"], torch.Tensor]
+"""(hidden, mask, position embeddings, cache) -> the layer's output: one layer as decoding runs it."""
+
+
+def _rms_norm(norm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm's arithmetic in its order: float32 inside, the weight applied after the cast back."""
+    dtype = hidden.dtype
+    hidden = hidden.to(torch.float32)
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * hidden.to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as the library applies it (rotate_half: the halves swapped, the first negated)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x, module.weight, module.bias)
+
+
+def _llama_step(layer: nn.Module, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                cache: "hf_compat.LayerCache") -> torch.Tensor:
+    """A LLaMA-style layer (pre-norm attention and gated MLP, q/k norms on the head dim where
+    present) in eval mode: LlamaDecoderLayer.forward and its modules' forwards, inlined."""
+    attention, mlp = layer.self_attn, layer.mlp
+    positions = hidden.shape[:-1]
+    heads_shape = (*positions, -1, attention.head_dim)
+    x = _rms_norm(layer.input_layernorm, hidden)
+    query = _linear(attention.q_proj, x).view(heads_shape)
+    keys = _linear(attention.k_proj, x).view(heads_shape)
+    values = _linear(attention.v_proj, x).view(heads_shape).transpose(1, 2)
+    if getattr(attention, "q_norm", None) is not None:  # Qwen3
+        query, keys = _rms_norm(attention.q_norm, query), _rms_norm(attention.k_norm, keys)
+    cos, sin = (part.unsqueeze(1) for part in position_embeddings)
+    query, keys = _rotate(query.transpose(1, 2), cos, sin), _rotate(keys.transpose(1, 2), cos, sin)
+    keys, values = cache.update(keys, values, attention.layer_idx)
+    attended = hf_compat.sdpa_attention(attention, query, keys, values, mask)
+    hidden = hidden + _linear(attention.o_proj, attended.reshape(*positions, -1))
+    x = _rms_norm(layer.post_attention_layernorm, hidden)
+    return hidden + _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, x)) * _linear(mlp.up_proj, x))
 
 
 class RotaryDecoder(DecoderLayout):
@@ -168,6 +220,9 @@ class RotaryDecoder(DecoderLayout):
     model_types = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma2", "phi3")
     layers_path = "model.layers"
     gated_ffn = True  # gate_proj and up_proj (Phi-3: fused as gate_up_proj)
+    # LlamaDecoderLayer's structure, so lean_step's inlined forward: OLMo2 (post-norms), Gemma 2
+    # (four norms, soft-capping) and Phi-3 (fused projections, partial rotary) run the library's.
+    lean_model_types = ("llama", "mistral", "qwen2", "qwen3")
 
     def heads_cuttable(self, hf: nn.Module) -> bool:
         attention = self.layers(hf)[0].self_attn
@@ -190,6 +245,18 @@ class RotaryDecoder(DecoderLayout):
         if hasattr(attention, "sliding_window"):  # per layer (Qwen2, Qwen3, Gemma 2: layer_types)
             return attention.sliding_window
         return getattr(hf.config, "sliding_window", None)  # every layer (Mistral, Phi-3)
+
+    def lean_step(self, layer, config):
+        if config.model_type not in self.lean_model_types or config._attn_implementation != "sdpa":
+            return None
+        library = lambda *args: self.run_layer(layer, *args)  # noqa: E731
+
+        def step(hidden, mask, position_embeddings, cache):
+            if layer.training:  # dropout: only the library's own forward has it
+                return library(hidden, mask, position_embeddings, cache)
+            return _llama_step(layer, hidden, mask, position_embeddings, cache)
+
+        return step
 
     def logits(self, hf, hidden):
         logits = hf.lm_head(hf.model.norm(hidden))

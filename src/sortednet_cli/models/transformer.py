@@ -289,6 +289,21 @@ class SortedDecoder(SortedTransformer):
     def run_layer(self, index: int, hidden: torch.Tensor, mask, position_embeddings, cache=None, cut: Optional[LayerCut] = None) -> torch.Tensor:
         return self.layout.run_layer(self.layers[index], hidden, mask, position_embeddings, cache, cut)
 
+    @property
+    def lean_decoding(self) -> bool:
+        """Whether the layout has a lean decoding step for any of the layers (decode_step)."""
+        return any(self.layout.lean_step(layer, self.config) is not None for layer in self.layers)
+
+    def decode_step(self, index: int, lean: bool = True):
+        """Layer `index` as decoding runs it, (hidden, mask, position embeddings, cache) -> hidden:
+        the layout's lean step where it has one for this layer (the same output to the bit,
+        without the library's per-call plumbing), otherwise -- or with `lean` false -- the
+        library's own layer."""
+        step = self.layout.lean_step(self.layers[index], self.config) if lean else None
+        if step is not None:
+            return step
+        return lambda hidden, mask, position_embeddings, cache: self.run_layer(index, hidden, mask, position_embeddings, cache)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.layout.logits(self.hf, hidden)
 
