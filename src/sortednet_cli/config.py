@@ -329,6 +329,7 @@ class BenchDecodeSettings:
     draft_lens: List[Any] = field(default_factory=lambda: [2, 4, 8, "auto"])
     auto: bool = True  # also draft_exit=auto with draft_len=auto, set against the best fixed setting
     library_exits: Optional[List[int]] = None  # transformers' assistant_early_exit; null: the draft exits
+    temperature: float = 0.0  # > 0: also full and self-speculative sampling at this temperature
 
 
 @dataclass

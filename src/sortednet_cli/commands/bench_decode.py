@@ -9,6 +9,7 @@ from rich.table import Table
 from ..cli import hydra_command
 from ..decode.bench import bench_decode, plot_decode
 from ..engine.eval_grid import open_decoder
+from ..errors import UserError
 from ..jsonfiles import write_json
 from ..reports.console import make_console
 from ..tasks import build_task
@@ -58,7 +59,10 @@ def main(cfg: DictConfig) -> None:
         speculative.append(("auto", "auto"))
     console.print(f"bench-decode on {decoder_run.run.device} ({cfg.threads or 'default'} threads): {len(prompts)} prompts x "
                   f"{settings.max_new_tokens} new tokens, {depth}-layer decoder {decoder_run.run.path}", highlight=False)
-    result = bench_decode(decoder_run.model, prompts, settings.max_new_tokens, exits, list(settings.thresholds), speculative, library_exits)
+    if settings.temperature < 0:
+        raise UserError(f"bench.temperature must be >= 0 (0: greedy rows only), not {settings.temperature}")
+    result = bench_decode(decoder_run.model, prompts, settings.max_new_tokens, exits, list(settings.thresholds), speculative, library_exits,
+                          settings.temperature)
     result["checkpoint"] = str(decoder_run.run.path)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     write_json(run_dir / "decode.json", result)
@@ -77,6 +81,11 @@ def main(cfg: DictConfig) -> None:
     for entry in result["auto_against_fixed"]:
         console.print(f"{entry['label']}: {entry['speedup']:.2f}x full greedy, {entry['ratio']:.2f}x the best fixed setting "
                       f"({entry['best_fixed']}, {entry['best_fixed_speedup']:.2f}x)", highlight=False)
+    sampled = [r for r in result["rows"] if r["mode"] == "speculative_sampled"]
+    if sampled:
+        best = max(sampled, key=lambda r: r["over_full_sampling"])
+        console.print(f"sampled: {best['label']} {best['over_full_sampling']:.2f}x full sampling at "
+                      f"{100 * (best['acceptance_rate'] or 0):.0f}% acceptance (distributed as the full model's samples)", highlight=False)
     console.print(breakdown_table(result["rows"]))
     if result["library_unsupported"]:
         console.print(result["library_unsupported"], highlight=False, markup=False)

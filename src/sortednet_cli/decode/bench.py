@@ -58,7 +58,7 @@ def _pooled_breakdown(generations: list[Generation]) -> dict:
 
 def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, exits: Sequence[int] = (),
                  thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen]] = (),
-                 library_exits: Sequence[int] = ()) -> dict:
+                 library_exits: Sequence[int] = (), temperature: float = 0.0) -> dict:
     """Rows for full greedy (the reference), the same through the library's layer modules where
     the layout has lean decoding steps (models/hf_layouts.py), each exit alone, early exit at each threshold,
     self-speculation at each (draft exit, draft length; either may be "auto"), and transformers'
@@ -66,7 +66,10 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     with speedup = its tokens/s over full greedy's. "pick" is the fastest lossless setting;
     "auto_against_fixed" sets the automatic settings beside the best fixed one. Where a round's
     time goes (`breakdown`, engine.PhaseClock): the automatic rows time themselves as they run;
-    full greedy and the best fixed setting are rerun once on a timed decoder for it."""
+    full greedy and the best fixed setting are rerun once on a timed decoder for it. With a
+    `temperature` > 0, also full sampling and each speculative setting sampled at it (the
+    speculative-sampling rule: the same distribution, not the same draws), each with
+    `over_full_sampling`, its tokens/s over full sampling's."""
     prompts = [[int(t) for t in p] for p in prompts]
     decoder = ExitDecoder(model)
     reference, full_runs = _measure(lambda p, n: decoder.full(p, n), prompts, max_new_tokens)
@@ -102,6 +105,8 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
         if "breakdown" in runs[0].stats:
             rows[-1]["breakdown"] = _pooled_breakdown(runs)
             rows[-1]["chosen"] = _chosen(runs)
+    if temperature > 0:
+        rows += _sampled_rows(decoder, prompts, max_new_tokens, speculative_settings, temperature)
     timed = ExitDecoder(model, timed=True)
     rows[0]["breakdown"] = _pooled_breakdown(_measure(lambda p, n: timed.full(p, n), prompts, max_new_tokens)[1])
     best_fixed = _best_fixed(rows)
@@ -115,6 +120,23 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers),
             "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
             "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
+
+
+def _sampled_rows(decoder: ExitDecoder, prompts: list[list[int]], max_new_tokens: int,
+                  speculative_settings: Sequence[tuple[DraftExit, DraftLen]], temperature: float) -> list[dict]:
+    """Full sampling at `temperature` and each speculative setting sampled at it (seed 0 each)."""
+    full, _ = _measure(lambda p, n: decoder.full(p, n, temperature=temperature), prompts, max_new_tokens)
+    rows = [{"mode": "full_sampled", "label": f"full, sampled T={temperature:g}", "temperature": temperature, **full}]
+    for draft_exit, draft_len in speculative_settings:
+        row, runs = _measure(lambda p, n: decoder.speculative(p, n, draft_exit, draft_len, temperature=temperature), prompts, max_new_tokens)
+        drafted = sum(g.stats["drafted"] for g in runs)
+        rows.append({"mode": "speculative_sampled", "label": f"E={draft_exit} K={draft_len}, sampled T={temperature:g}",
+                     "draft_exit": draft_exit, "draft_len": draft_len, "temperature": temperature, **row,
+                     "acceptance_rate": sum(g.stats["accepted"] for g in runs) / drafted if drafted else None,
+                     "tokens_per_verification": row["tokens"] / sum(g.stats["rounds"] for g in runs)})
+    for row in rows:
+        row["over_full_sampling"] = row["tokens_per_second"] / full["tokens_per_second"] if full["tokens_per_second"] else 0.0
+    return rows
 
 
 def _library_rows(model: SortedDecoder, prompts: list[list[int]], max_new_tokens: int, library_exits: Sequence[int],
