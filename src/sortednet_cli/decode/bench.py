@@ -134,6 +134,8 @@ def _sampled_rows(decoder: ExitDecoder, prompts: list[list[int]], max_new_tokens
                      "draft_exit": draft_exit, "draft_len": draft_len, "temperature": temperature, **row,
                      "acceptance_rate": sum(g.stats["accepted"] for g in runs) / drafted if drafted else None,
                      "tokens_per_verification": row["tokens"] / sum(g.stats["rounds"] for g in runs)})
+        if "breakdown" in runs[0].stats:  # an automatic choice: what it chose
+            rows[-1]["chosen"] = _chosen(runs)
     for row in rows:
         row["over_full_sampling"] = row["tokens_per_second"] / full["tokens_per_second"] if full["tokens_per_second"] else 0.0
     return rows
