@@ -83,14 +83,15 @@ def call_layer(layer: nn.Module, slicer: Optional[Callable[[nn.Module], dict[str
         restore()
 
 
-def sdpa_attention(attention: nn.Module, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                   mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """The library's scaled-dot-product attention as its attention modules call it in eval mode
-    (grouped heads handled its way): [batch, positions, heads, head_dim]. The lean decoding steps
-    (hf_layouts) call it so that their attention is the library's to the bit."""
+def sdpa_attention(attention: nn.Module) -> Callable[..., torch.Tensor]:
+    """The library's scaled-dot-product attention as `attention` (one of its attention modules)
+    calls it in eval mode, grouped heads handled its way: (query, keys, values, mask) ->
+    [batch, positions, heads, head_dim]. The lean decoding steps (hf_layouts) call it, so their
+    attention is the library's to the bit."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    return sdpa_attention_forward(attention, query, keys, values, mask, dropout=0.0, scaling=attention.scaling)[0]
+    scaling = attention.scaling
+    return lambda query, keys, values, mask: sdpa_attention_forward(attention, query, keys, values, mask, dropout=0.0, scaling=scaling)[0]
 
 
 # --- the KV cache ---------------------------------------------------------------------------

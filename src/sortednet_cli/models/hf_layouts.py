@@ -168,12 +168,14 @@ LeanStep = Callable[[torch.Tensor, Optional[torch.Tensor], Any, "hf_compat.Layer
 """(hidden, mask, position embeddings, cache) -> the layer's output: one layer as decoding runs it."""
 
 
-def _rms_norm(norm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """LlamaRMSNorm's arithmetic in its order: float32 inside, the weight applied after the cast back."""
+def _rms_norm(weight: torch.Tensor, epsilon: float, hidden: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm's arithmetic in its order: float32 inside, the weight applied after the cast
+    back (the casts are no-ops in float32, so they are skipped there)."""
     dtype = hidden.dtype
-    hidden = hidden.to(torch.float32)
-    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * hidden.to(dtype)
+    if dtype != torch.float32:
+        hidden = hidden.to(torch.float32)
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + epsilon)
+    return weight * (hidden if dtype == torch.float32 else hidden.to(dtype))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -182,30 +184,47 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.linear(x, module.weight, module.bias)
-
-
-def _llama_step(layer: nn.Module, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
-                cache: "hf_compat.LayerCache") -> torch.Tensor:
+class _LlamaStep:
     """A LLaMA-style layer (pre-norm attention and gated MLP, q/k norms on the head dim where
-    present) in eval mode: LlamaDecoderLayer.forward and its modules' forwards, inlined."""
-    attention, mlp = layer.self_attn, layer.mlp
-    positions = hidden.shape[:-1]
-    heads_shape = (*positions, -1, attention.head_dim)
-    x = _rms_norm(layer.input_layernorm, hidden)
-    query = _linear(attention.q_proj, x).view(heads_shape)
-    keys = _linear(attention.k_proj, x).view(heads_shape)
-    values = _linear(attention.v_proj, x).view(heads_shape).transpose(1, 2)
-    if getattr(attention, "q_norm", None) is not None:  # Qwen3
-        query, keys = _rms_norm(attention.q_norm, query), _rms_norm(attention.k_norm, keys)
-    cos, sin = (part.unsqueeze(1) for part in position_embeddings)
-    query, keys = _rotate(query.transpose(1, 2), cos, sin), _rotate(keys.transpose(1, 2), cos, sin)
-    keys, values = cache.update(keys, values, attention.layer_idx)
-    attended = hf_compat.sdpa_attention(attention, query, keys, values, mask)
-    hidden = hidden + _linear(attention.o_proj, attended.reshape(*positions, -1))
-    x = _rms_norm(layer.post_attention_layernorm, hidden)
-    return hidden + _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, x)) * _linear(mlp.up_proj, x))
+    present) in eval mode: LlamaDecoderLayer.forward and its modules' forwards, inlined. It holds
+    the layer's parameters (the same Parameter objects, so in-place updates and dtype or device
+    moves show through; a parameter reassigned afterwards would not), read once here because a
+    module attribute lookup costs about what a small tensor op does. In training mode it calls
+    the library's layer, whose dropout it does not have."""
+
+    def __init__(self, layer: nn.Module, library: LeanStep):
+        attention, mlp = layer.self_attn, layer.mlp
+        self.layer, self.library, self.attend, self.act = layer, library, hf_compat.sdpa_attention(attention), mlp.act_fn
+        self.head_dim, self.index = attention.head_dim, attention.layer_idx
+        projection = lambda module: (module.weight, module.bias)  # noqa: E731
+        self.q, self.k, self.v, self.o = (projection(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.gate, self.up, self.down = (projection(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
+        norm = lambda module: (module.weight, module.variance_epsilon)  # noqa: E731
+        self.input_norm, self.post_norm = norm(layer.input_layernorm), norm(layer.post_attention_layernorm)
+        q_norm = getattr(attention, "q_norm", None)  # Qwen3
+        self.qk_norms = None if q_norm is None else (norm(q_norm), norm(attention.k_norm))
+
+    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                 cache: "hf_compat.LayerCache") -> torch.Tensor:
+        if self.layer.training:
+            return self.library(hidden, mask, position_embeddings, cache)
+        linear = torch.nn.functional.linear
+        positions = hidden.shape[:-1]
+        heads_shape = (*positions, -1, self.head_dim)
+        x = _rms_norm(*self.input_norm, hidden)
+        query = linear(x, *self.q).view(heads_shape)
+        keys = linear(x, *self.k).view(heads_shape)
+        values = linear(x, *self.v).view(heads_shape).transpose(1, 2)
+        if self.qk_norms is not None:
+            query, keys = _rms_norm(*self.qk_norms[0], query), _rms_norm(*self.qk_norms[1], keys)
+        cos, sin = position_embeddings
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        query, keys = _rotate(query.transpose(1, 2), cos, sin), _rotate(keys.transpose(1, 2), cos, sin)
+        keys, values = cache.update(keys, values, self.index)
+        attended = self.attend(query, keys, values, mask)
+        hidden = hidden + linear(attended.reshape(*positions, -1), *self.o)
+        x = _rms_norm(*self.post_norm, hidden)
+        return hidden + linear(self.act(linear(x, *self.gate)) * linear(x, *self.up), *self.down)
 
 
 class RotaryDecoder(DecoderLayout):
@@ -249,14 +268,7 @@ class RotaryDecoder(DecoderLayout):
     def lean_step(self, layer, config):
         if config.model_type not in self.lean_model_types or config._attn_implementation != "sdpa":
             return None
-        library = lambda *args: self.run_layer(layer, *args)  # noqa: E731
-
-        def step(hidden, mask, position_embeddings, cache):
-            if layer.training:  # dropout: only the library's own forward has it
-                return library(hidden, mask, position_embeddings, cache)
-            return _llama_step(layer, hidden, mask, position_embeddings, cache)
-
-        return step
+        return _LlamaStep(layer, lambda *args: self.run_layer(layer, *args))
 
     def logits(self, hf, hidden):
         logits = hf.lm_head(hf.model.norm(hidden))
