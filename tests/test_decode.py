@@ -6,6 +6,8 @@ forward's."""
 
 from __future__ import annotations
 
+import statistics
+
 from pathlib import Path
 
 import pytest
@@ -380,13 +382,17 @@ def test_the_library_baselines_refuse_a_bad_request_with_the_exit_decoders_line(
 
 def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts, tmp_path):
     result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4), (2, "auto")],
-                          library_exits=[3], temperature=0.8)
+                          library_exits=[3], temperature=0.8, rounds=2)
     modes = [row["mode"] for row in result["rows"]]
     assert modes == ["full", "full_library_layers", "exit", "early_exit", "speculative", "speculative", "full_sampled",
                      "speculative_sampled", "speculative_sampled", "library_greedy",
                      "library_assistant_early_exit"]  # a llama layout: lean steps, so the library-layers row
     sampled = [row for row in result["rows"] if row["mode"] == "speculative_sampled"]
-    assert all(0 <= row["acceptance_rate"] <= 1 and row["tokens"] == 32 and row["over_full_sampling"] > 0 for row in sampled)
+    assert all(0 <= row["acceptance_rate"] <= 1 and row["tokens"] == 2 * 32 and row["over_full_sampling"] > 0 for row in sampled)
+    for row in result["rows"]:  # two interleaved rounds: the medians of their figures
+        assert len(row["round_tokens_per_second"]) == 2 and row["tokens_per_second"] == statistics.median(row["round_tokens_per_second"])
+    full = result["rows"][0]["round_tokens_per_second"]
+    assert result["rows"][1]["speedup"] == statistics.median(r / f for r, f in zip(result["rows"][1]["round_tokens_per_second"], full))
     assert all(row["identical"] for row in result["rows"] if "identical" in row)
     assert result["rows"][0]["speedup"] == 1.0
     assert result["pick"]["mode"] in ("full", "speculative") and result["pick"]["reason"]

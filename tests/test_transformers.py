@@ -226,8 +226,9 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
     assert [entry["label"] for entry in decode["auto_against_fixed"]] == ["E=1 K=auto", "E=auto K=auto"]
     assert decode["rows"][0]["breakdown"]["ms_per_token"]["verify"] > 0
     assert (tmp_path / "bench" / "decode.png").is_file() and decode["pick"]["label"]
-    code, out, err = run_cli(["bench-decode", checkpoint, "bench.temperature=-1", f"hydra.run.dir={tmp_path / 'bad_bench'}"], capsys)
-    assert code == 2 and "bench.temperature must be >= 0" in err and "Traceback" not in err
+    for bad, message in (("bench.temperature=-1", "bench.temperature must be >= 0"), ("bench.rounds=0", "bench.rounds must be >= 1")):
+        code, out, err = run_cli(["bench-decode", checkpoint, bad, f"hydra.run.dir={tmp_path / 'bad_bench'}"], capsys)
+        assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_generate_refuses_an_encoder_checkpoint(text_run, tmp_path, capsys):

@@ -61,14 +61,17 @@ def main(cfg: DictConfig) -> None:
                   f"{settings.max_new_tokens} new tokens, {depth}-layer decoder {decoder_run.run.path}", highlight=False)
     if settings.temperature < 0:
         raise UserError(f"bench.temperature must be >= 0 (0: greedy rows only), not {settings.temperature}")
+    if settings.rounds < 1:
+        raise UserError(f"bench.rounds must be >= 1, not {settings.rounds}")
     result = bench_decode(decoder_run.model, prompts, settings.max_new_tokens, exits, list(settings.thresholds), speculative, library_exits,
-                          settings.temperature)
+                          settings.temperature, settings.rounds)
     result["checkpoint"] = str(decoder_run.run.path)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     write_json(run_dir / "decode.json", result)
     plot_decode(result, run_dir / "decode.png", title=f"self-speculative decoding, {depth}-layer decoder")
 
-    table = Table(title=f"decoding at batch 1, {result['threads']} threads (speed-up over full greedy)")
+    medians = f", medians of {result['rounds']} interleaved rounds" if result["rounds"] > 1 else ""
+    table = Table(title=f"decoding at batch 1, {result['threads']} threads (speed-up over full greedy{medians})")
     for column in ("setting", "tokens/s", "speed-up", "acceptance", "tokens/verify", "agreement", "same as greedy"):
         table.add_column(column)
     percent = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731

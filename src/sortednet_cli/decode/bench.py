@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -56,14 +57,26 @@ def _pooled_breakdown(generations: list[Generation]) -> dict:
     return pooled
 
 
+@dataclass
+class _Case:
+    """One row of the bench: what it is, how it generates, and what its generations add to it."""
+
+    row: dict
+    run: Runner
+    describe: Callable[[list[Generation]], dict] = lambda runs: {}
+
+
 def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, exits: Sequence[int] = (),
                  thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen]] = (),
-                 library_exits: Sequence[int] = (), temperature: float = 0.0) -> dict:
+                 library_exits: Sequence[int] = (), temperature: float = 0.0, rounds: int = 1) -> dict:
     """Rows for full greedy (the reference), the same through the library's layer modules where
     the layout has lean decoding steps (models/hf_layouts.py), each exit alone, early exit at each threshold,
     self-speculation at each (draft exit, draft length; either may be "auto"), and transformers'
     greedy and assistant_early_exit at each exit (library defaults for its draft length); each
-    with speedup = its tokens/s over full greedy's. "pick" is the fastest lossless setting;
+    with speedup = its tokens/s over full greedy's. With `rounds` > 1 every row is measured once
+    per round, the rows interleaved, and tokens_per_second is the median over the rounds and
+    speedup the median of the per-round ratios (a CPU whose speed drifts moves a round's rows
+    together). "pick" is the fastest lossless setting;
     "auto_against_fixed" sets the automatic settings beside the best fixed one. Where a round's
     time goes (`breakdown`, engine.PhaseClock): the automatic rows time themselves as they run;
     full greedy and the best fixed setting are rerun once on a timed decoder for it. With a
@@ -72,91 +85,108 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     `over_full_sampling`, its tokens/s over full sampling's."""
     prompts = [[int(t) for t in p] for p in prompts]
     decoder = ExitDecoder(model)
-    reference, full_runs = _measure(lambda p, n: decoder.full(p, n), prompts, max_new_tokens)
-    greedy_tokens = [g.tokens for g in full_runs]
-    rows = [{"mode": "full", "label": "full greedy", **reference}]
+    greedy: list[list[int]] = []  # full greedy's tokens per prompt, once measured
 
-    def identical(generations: list[Generation]) -> bool:
-        return all(g.tokens == expected for g, expected in zip(generations, greedy_tokens))
+    def keep_greedy(runs: list[Generation]) -> dict:  # described first, before the rows compared with it
+        greedy.extend(g.tokens for g in runs)
+        return {}
 
+    def identical(runs: list[Generation]) -> dict:
+        return {"identical": all(g.tokens == expected for g, expected in zip(runs, greedy))}
+
+    cases = [_Case({"mode": "full", "label": "full greedy"}, lambda p, n: decoder.full(p, n), keep_greedy)]
     if model.lean_decoding:  # what the layout's lean steps save, beside them
         library_layers = ExitDecoder(model, library_layers=True)
-        row, runs = _measure(lambda p, n: library_layers.full(p, n), prompts, max_new_tokens)
-        rows.append({"mode": "full_library_layers", "label": "full greedy, library layers", **row, "identical": identical(runs)})
-
-    for depth in exits:
-        row, runs = _measure(lambda p, n: decoder.exit(p, n, depth), prompts, max_new_tokens)
-        rows.append({"mode": "exit", "label": f"exit {depth}", "exit": depth, **row,
-                     "agreement": _pooled_agreement(model, prompts, runs)})
-    for threshold in thresholds:
-        row, runs = _measure(lambda p, n: decoder.early_exit(p, n, threshold), prompts, max_new_tokens)
-        exits_used = [e for g in runs for e in g.stats["exits_used"]]
-        rows.append({"mode": "early_exit", "label": f"early exit t={threshold:g}", "threshold": threshold, **row,
-                     "mean_exit_layer": sum(exits_used) / len(exits_used),
-                     "agreement": _pooled_agreement(model, prompts, runs)})
-    for draft_exit, draft_len in speculative_settings:
-        row, runs = _measure(lambda p, n: decoder.speculative(p, n, draft_exit, draft_len), prompts, max_new_tokens)
-        drafted = sum(g.stats["drafted"] for g in runs)
-        accepted = sum(g.stats["accepted"] for g in runs)
-        rows.append({"mode": "speculative", "label": f"E={draft_exit} K={draft_len}", "draft_exit": draft_exit,
-                     "draft_len": draft_len, **row, "acceptance_rate": accepted / drafted if drafted else None,
-                     "tokens_per_verification": row["tokens"] / sum(g.stats["rounds"] for g in runs),
-                     "identical": identical(runs)})
-        if "breakdown" in runs[0].stats:
-            rows[-1]["breakdown"] = _pooled_breakdown(runs)
-            rows[-1]["chosen"] = _chosen(runs)
+        cases.append(_Case({"mode": "full_library_layers", "label": "full greedy, library layers"},
+                           lambda p, n: library_layers.full(p, n), identical))
+    cases += [_Case({"mode": "exit", "label": f"exit {depth}", "exit": depth}, lambda p, n, depth=depth: decoder.exit(p, n, depth),
+                    lambda runs: {"agreement": _pooled_agreement(model, prompts, runs)}) for depth in exits]
+    cases += [_Case({"mode": "early_exit", "label": f"early exit t={threshold:g}", "threshold": threshold},
+                    lambda p, n, threshold=threshold: decoder.early_exit(p, n, threshold),
+                    lambda runs: _early_exit_fields(model, prompts, runs)) for threshold in thresholds]
+    cases += [_Case({"mode": "speculative", "label": f"E={e} K={k}", "draft_exit": e, "draft_len": k},
+                    lambda p, n, e=e, k=k: decoder.speculative(p, n, e, k), lambda runs: {**_speculative_fields(runs), **identical(runs)})
+              for e, k in speculative_settings]
     if temperature > 0:
-        rows += _sampled_rows(decoder, prompts, max_new_tokens, speculative_settings, temperature)
+        cases.append(_Case({"mode": "full_sampled", "label": f"full, sampled T={temperature:g}", "temperature": temperature},
+                           lambda p, n: decoder.full(p, n, temperature=temperature)))
+        cases += [_Case({"mode": "speculative_sampled", "label": f"E={e} K={k}, sampled T={temperature:g}", "draft_exit": e, "draft_len": k,
+                         "temperature": temperature}, lambda p, n, e=e, k=k: decoder.speculative(p, n, e, k, temperature=temperature),
+                        _speculative_fields) for e, k in speculative_settings]
+    library_cases, library_unsupported = _library_cases(model, prompts, library_exits, identical)
+    rows = _measure_interleaved(cases + library_cases, prompts, max_new_tokens, rounds)
     timed = ExitDecoder(model, timed=True)
     rows[0]["breakdown"] = _pooled_breakdown(_measure(lambda p, n: timed.full(p, n), prompts, max_new_tokens)[1])
     best_fixed = _best_fixed(rows)
     if best_fixed is not None:
         best_fixed["breakdown"] = _pooled_breakdown(_measure(
             lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"]), prompts, max_new_tokens)[1])
-    library_rows, library_unsupported = _library_rows(model, prompts, max_new_tokens, library_exits, identical)
-    rows += library_rows
-    for row in rows:
-        row["speedup"] = row["tokens_per_second"] / reference["tokens_per_second"] if reference["tokens_per_second"] else 0.0
-    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers),
+    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers), "rounds": rounds,
             "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
             "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
 
 
-def _sampled_rows(decoder: ExitDecoder, prompts: list[list[int]], max_new_tokens: int,
-                  speculative_settings: Sequence[tuple[DraftExit, DraftLen]], temperature: float) -> list[dict]:
-    """Full sampling at `temperature` and each speculative setting sampled at it (seed 0 each)."""
-    full, _ = _measure(lambda p, n: decoder.full(p, n, temperature=temperature), prompts, max_new_tokens)
-    rows = [{"mode": "full_sampled", "label": f"full, sampled T={temperature:g}", "temperature": temperature, **full}]
-    for draft_exit, draft_len in speculative_settings:
-        row, runs = _measure(lambda p, n: decoder.speculative(p, n, draft_exit, draft_len, temperature=temperature), prompts, max_new_tokens)
-        drafted = sum(g.stats["drafted"] for g in runs)
-        rows.append({"mode": "speculative_sampled", "label": f"E={draft_exit} K={draft_len}, sampled T={temperature:g}",
-                     "draft_exit": draft_exit, "draft_len": draft_len, "temperature": temperature, **row,
-                     "acceptance_rate": sum(g.stats["accepted"] for g in runs) / drafted if drafted else None,
-                     "tokens_per_verification": row["tokens"] / sum(g.stats["rounds"] for g in runs)})
-        if "breakdown" in runs[0].stats:  # an automatic choice: what it chose
-            rows[-1]["chosen"] = _chosen(runs)
-    for row in rows:
-        row["over_full_sampling"] = row["tokens_per_second"] / full["tokens_per_second"] if full["tokens_per_second"] else 0.0
+def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_tokens: int, rounds: int) -> list[dict]:
+    """Every case once per round, in order; the first case is the reference of `speedup` (and
+    the full_sampled row, where there is one, of `over_full_sampling`)."""
+    rates: list[list[float]] = [[] for _ in cases]
+    totals = [[0, 0.0] for _ in cases]
+    last: list[list[Generation]] = [[] for _ in cases]
+    for _ in range(max(1, rounds)):
+        for index, case in enumerate(cases):
+            measured, last[index] = _measure(case.run, prompts, max_new_tokens)
+            rates[index].append(measured["tokens_per_second"])
+            totals[index][0] += measured["tokens"]
+            totals[index][1] += measured["seconds"]
+
+    def ratio_over(reference: int, index: int) -> float:
+        return statistics.median(r / ref if ref else 0.0 for r, ref in zip(rates[index], rates[reference]))
+
+    sampled_reference = next((i for i, case in enumerate(cases) if case.row["mode"] == "full_sampled"), None)
+    rows = []
+    for index, case in enumerate(cases):
+        row = {**case.row, "tokens": totals[index][0], "seconds": totals[index][1], "tokens_per_second": statistics.median(rates[index]),
+               "speedup": ratio_over(0, index)}
+        if len(rates[index]) > 1:
+            row["round_tokens_per_second"] = rates[index]
+        if sampled_reference is not None and case.row["mode"] in ("full_sampled", "speculative_sampled"):
+            row["over_full_sampling"] = ratio_over(sampled_reference, index)
+        row.update(case.describe(last[index]))
+        rows.append(row)
     return rows
 
 
-def _library_rows(model: SortedDecoder, prompts: list[list[int]], max_new_tokens: int, library_exits: Sequence[int],
-                  identical: Callable[[list[Generation]], bool]) -> tuple[list[dict], Optional[str]]:
+def _early_exit_fields(model: SortedDecoder, prompts: list[list[int]], runs: list[Generation]) -> dict:
+    exits_used = [e for g in runs for e in g.stats["exits_used"]]
+    return {"mean_exit_layer": sum(exits_used) / len(exits_used), "agreement": _pooled_agreement(model, prompts, runs)}
+
+
+def _speculative_fields(runs: list[Generation]) -> dict:
+    """Acceptance and tokens per round of a speculative row; for an automatic one, where its
+    time went (the generations timed themselves) and what it chose."""
+    drafted = sum(g.stats["drafted"] for g in runs)
+    fields = {"acceptance_rate": sum(g.stats["accepted"] for g in runs) / drafted if drafted else None,
+              "tokens_per_verification": sum(len(g.tokens) for g in runs) / sum(g.stats["rounds"] for g in runs)}
+    if "breakdown" in runs[0].stats:
+        fields.update(breakdown=_pooled_breakdown(runs), chosen=_chosen(runs))
+    return fields
+
+
+def _library_cases(model: SortedDecoder, prompts: list[list[int]], library_exits: Sequence[int],
+                   identical: Callable[[list[Generation]], dict]) -> tuple[list[_Case], Optional[str]]:
     """transformers' greedy and its assistant_early_exit at each exit, and why the latter could
-    not run on this architecture (None when it ran)."""
-    row, runs = _measure(lambda p, n: library_greedy(model, p, n), prompts, max_new_tokens)
-    rows = [{"mode": "library_greedy", "label": "transformers greedy", **row, "identical": identical(runs)}]
+    not run on this architecture (None when it ran): a two-token probe decides before any timing."""
+    cases = [_Case({"mode": "library_greedy", "label": "transformers greedy"}, lambda p, n: library_greedy(model, p, n), identical)]
     for depth in library_exits:
         try:
-            row, runs = _measure(lambda p, n: library_assistant_early_exit(model, p, n, depth), prompts, max_new_tokens)
+            library_assistant_early_exit(model, prompts[0], 2, depth)
         except (IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
             # The library's early-exit assistant does not run on every architecture (GPT-2 and
             # GPT-NeoX index a cache of the draft's depth with the full depth's layer ids).
-            return rows, f"transformers' assistant_early_exit fails on {model.config.model_type}: {type(exc).__name__}: {exc}"
-        rows.append({"mode": "library_assistant_early_exit", "label": f"transformers E={depth}", "exit": depth, **row,
-                     "identical": identical(runs)})
-    return rows, None
+            return cases, f"transformers' assistant_early_exit fails on {model.config.model_type}: {type(exc).__name__}: {exc}"
+        cases.append(_Case({"mode": "library_assistant_early_exit", "label": f"transformers E={depth}", "exit": depth},
+                           lambda p, n, depth=depth: library_assistant_early_exit(model, p, n, depth), identical))
+    return cases, None
 
 
 def _chosen(generations: list[Generation]) -> list[str]:

@@ -5,7 +5,8 @@ The library's early-exit assistant shares the weights but not the cache: it sets
 num_hidden_layers = E for drafting and keeps a second cache for the draft layers, so the first E
 layers run twice for every accepted token. The assistant reads its draft length from the model's
 stored generation config (not from `generate`'s arguments) and the "heuristic" schedule writes the
-final length back there, so both are set for one call and restored.
+final length back there, so both are set for one call and restored (with the layer count, which
+the assistant leaves lowered when it fails on a layout).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SCHEDULES = (None, "constant", "heuristic", "heuristic_transient")
 def _assistant_settings(model: SortedDecoder, draft_len: Optional[int], schedule: Optional[str]) -> Iterator[None]:
     config = model.hf.generation_config
     saved = (config.num_assistant_tokens, config.num_assistant_tokens_schedule)
+    layers = model.hf.config.num_hidden_layers  # the assistant lowers it while drafting and leaves it so when drafting fails
     if draft_len is not None:
         config.num_assistant_tokens = draft_len
     if schedule is not None:
@@ -36,6 +38,7 @@ def _assistant_settings(model: SortedDecoder, draft_len: Optional[int], schedule
         yield
     finally:
         config.num_assistant_tokens, config.num_assistant_tokens_schedule = saved
+        model.hf.config.num_hidden_layers = layers
 
 
 @torch.no_grad()
