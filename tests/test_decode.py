@@ -134,6 +134,61 @@ def test_speculative_is_token_identical_to_full_greedy(decoder, prompts, greedy,
     assert rejected > 0  # the roll-back path ran
 
 
+@pytest.mark.parametrize("draft_exit", [1, 3])
+def test_tree_speculation_is_token_identical_to_full_greedy(decoder, prompts, greedy, draft_exit):
+    """Trees of 2 and 3 drafts per level, at every length (the last rounds' trees are cut to the
+    room left); rejected levels ran, and from exit 1 a tree accepts more than a chain of the same
+    length (paths off the first child were taken)."""
+    rejected = off_first_child = 0
+    for i, prompt in enumerate(prompts):
+        for length in LENGTHS:
+            for draft_len, width in ((1, 2), (4, 3), ("auto", 3)):
+                result = decoder.speculative(prompt, length, draft_exit, draft_len, draft_width=width)
+                assert result.tokens == greedy[i, length], (i, length, draft_len, width)
+                stats = result.stats
+                assert stats["draft_width"] == width and stats["tokens_per_verification"] == pytest.approx(length / stats["rounds"])
+                rejected += stats["drafted"] - stats["accepted"]
+        chain = decoder.speculative(prompt, 100, draft_exit, 4).stats["accepted"]
+        off_first_child += decoder.speculative(prompt, 100, draft_exit, 4, draft_width=3).stats["accepted"] > chain
+    assert rejected > 0
+    assert off_first_child > 0 or draft_exit == 3  # exit 3 of 4 agrees nearly always: its chains are accepted whole
+
+
+def test_a_draft_tree_grows_by_cumulative_probability_and_masks_all_but_ancestors():
+    """Three tokens, width 2: level 1 holds the root's top two; level 2 the two best (parent,
+    token) pairs by summed log-probability, both children of the first node here; each node's
+    mask row opens the prefix and its ancestors; verification follows the full model's choices."""
+    from sortednet_cli.decode.tree import DraftTree
+
+    tree = DraftTree(start=3, width=2, depth=2, vocab_size=3, dtype=torch.float32, device=torch.device("cpu"))
+    log = lambda *p: torch.tensor([p]).log()  # noqa: E731
+    assert tree.grow(log(0.6, 0.3, 0.1)) == (1, 2)
+    assert tree.tokens[1:3].tolist() == [0, 1] and tree.parents[1:3].tolist() == [0, 0]
+    # node 1 (p 0.6) continues 0.7 / 0.3, node 2 (p 0.3) 0.5 / 0.5: 0.42 and 0.18 beat 0.15
+    assert tree.grow(torch.cat([log(0.7, 0.3, 0.0), log(0.5, 0.5, 0.0)])) == (3, 2)
+    assert tree.tokens[3:5].tolist() == [0, 1] and tree.parents[3:5].tolist() == [1, 1]
+    allowed = tree.mask(0, 5, None, tree.positions())[0, 0] == 0
+    prefix = [True] * 3
+    assert allowed.tolist() == [prefix + [True, False, False, False, False], prefix + [True, True, False, False, False],
+                                prefix + [True, False, True, False, False], prefix + [True, True, False, True, False],
+                                prefix + [True, True, False, False, True]]
+    assert tree.positions().tolist() == [[3, 4, 4, 5, 5]]
+    windowed = tree.mask(3, 2, 2, tree.positions())[0, 0] == 0  # window 2: a query at 5 sees positions 4 and 5 only
+    assert windowed.tolist() == [[False] * 3 + [False, True, False, True, False], [False] * 3 + [False, True, False, False, True]]
+    full_choice = torch.tensor([0, 1, 2, 2, 2])  # after node 0: token 0 (node 1); after node 1: 1 (node 4); after node 4: 2
+    assert tree.accepted(full_choice) == ([1, 4], [0, 1, 2])
+    assert tree.accepted(torch.tensor([2, 0, 0, 0, 0])) == ([], [2])  # the first level missed: the full model's token alone
+
+
+def test_the_cache_keeps_a_verified_path_next_to_the_prefix():
+    cache = hf_compat.LayerCache(1, 8)
+    keys = torch.arange(8.0).view(1, 1, 8, 1)
+    cache.update(keys, -keys, 0)
+    cache.keep(0, 3, torch.tensor([4, 6]))
+    kept_keys, kept_values = cache.filled(0)
+    assert kept_keys.flatten().tolist() == [0, 1, 2, 4, 6] and kept_values.flatten().tolist() == [0, -1, -2, -4, -6]
+
+
 def test_speculative_is_exact_when_the_exits_disagree(trained, prompts):
     """An untrained copy: its exits disagree on most drafts, so most rounds roll back."""
     torch.manual_seed(1)
@@ -142,10 +197,10 @@ def test_speculative_is_exact_when_the_exits_disagree(trained, prompts):
     for prompt in prompts:
         expected = decoder.full(prompt, 60).tokens
         for draft_exit in (1, 3):
-            for draft_len in (2, "auto"):
-                result = decoder.speculative(prompt, 60, draft_exit, draft_len)
+            for draft_len, width in ((2, 1), ("auto", 1), (3, 2)):
+                result = decoder.speculative(prompt, 60, draft_exit, draft_len, draft_width=width)
                 assert result.tokens == expected
-                assert result.stats["acceptance_rate"] < 0.9
+                assert result.stats["acceptance_rate"] < (0.9 if width == 1 else 1.0)
 
 
 def test_exit_mode_equals_recomputing_the_exit_from_scratch(trained, decoder, prompts):
@@ -282,6 +337,14 @@ def test_a_timed_generation_breaks_its_time_down(trained, prompts, greedy):
     assert calls == pytest.approx(sum(2 * (k + 1) + 2 for k in result.stats["draft_lengths"]))
     assert breakdown["verify_calls"] == 2 * sum(1 for k in result.stats["draft_lengths"] if k > 0) and rounds > 0
     assert "breakdown" not in ExitDecoder(trained[0]).full(prompts[0], 5).stats
+    # A tree of width 3: the input one position, then each of the 3 levels 3 positions at once,
+    # through the 2 draft layers; the 2 verifying layers over all 1 + 3 * 3 nodes.
+    tree = timed.speculative(prompts[0], 40, 2, 3, draft_width=3)
+    assert tree.tokens == greedy[0, 40]
+    calls = tree.stats["breakdown"]["layer_calls_per_token"] * len(tree.tokens)
+    assert calls == pytest.approx(sum(2 * (k + 1) + 2 for k in tree.stats["draft_lengths"]))
+    several = [(2 * k, 3) for k in tree.stats["draft_lengths"]] + [(2, 1 + 3 * k) for k in tree.stats["draft_lengths"] if k]
+    assert tree.stats["breakdown"]["verify_positions_per_call"] == pytest.approx(sum(c * p for c, p in several) / sum(c for c, _ in several))
 
 
 SAMPLED_RUNS = 1000
@@ -352,6 +415,9 @@ def test_speculative_sampling_is_distributed_as_the_full_model():
     lambda d, p: d.speculative(p, 5, 0, "auto"),
     lambda d, p: d.speculative(p, 5, 2, 2, temperature=-0.5),
     lambda d, p: d.speculative(p, 5, 2, 2, temperature=1.0, top_k=0),
+    lambda d, p: d.speculative(p, 5, 2, 2, draft_width=0),
+    lambda d, p: d.speculative(p, 5, 2, 2, draft_width="wide"),
+    lambda d, p: d.speculative(p, 5, 2, 2, temperature=0.8, draft_width=2),
 ])
 def test_bad_input_is_a_user_error(decoder, prompts, call):
     with pytest.raises(UserError) as info:
@@ -397,12 +463,13 @@ def test_interleaved_rounds_report_median_rates_and_median_per_round_ratios():
 
 
 def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts, tmp_path):
-    result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4), (2, "auto")],
+    result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4, 1), (2, "auto", 1), (3, 4, 2)],
                           library_exits=[3], temperature=0.8)
     modes = [row["mode"] for row in result["rows"]]
-    assert modes == ["full", "full_library_layers", "exit", "early_exit", "speculative", "speculative", "full_sampled",
+    assert modes == ["full", "full_library_layers", "exit", "early_exit", "speculative", "speculative", "speculative", "full_sampled",
                      "speculative_sampled", "speculative_sampled", "library_greedy",
-                     "library_assistant_early_exit"]  # a llama layout: lean steps, so the library-layers row
+                     "library_assistant_early_exit"]  # a llama layout: lean steps, so the library-layers row; trees are not sampled
+    assert [row["label"] for row in result["rows"] if row["mode"] == "speculative"] == ["E=3 K=4", "E=2 K=auto", "E=3 K=4 W=2"]
     sampled = [row for row in result["rows"] if row["mode"] == "speculative_sampled"]
     assert all(0 <= row["acceptance_rate"] <= 1 and row["tokens"] == 32 and row["over_full_sampling"] > 0 for row in sampled)
     assert all(row["identical"] for row in result["rows"] if "identical" in row)

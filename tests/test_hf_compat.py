@@ -178,6 +178,9 @@ def test_greedy_decoding_equals_the_library_generate_and_speculation_equals_gree
     assert ours == out[0, len(prompt):].tolist()
     for draft_exit, draft_len in ((1, 1), (1, "auto"), (2, 3), ("auto", "auto")):
         assert decoder.speculative(prompt, 20, draft_exit, draft_len).tokens == ours
+    # Draft trees: 6 levels deep reach past the 4-position sliding windows.
+    for draft_exit, draft_len, width in ((1, 3, 3), (2, 6, 2), ("auto", "auto", 3)):
+        assert decoder.speculative(prompt, 20, draft_exit, draft_len, draft_width=width).tokens == ours
     assert len(decoder.early_exit(prompt, 20, threshold=0.9).tokens) == 20
     assert decoder.exit(prompt, 20, 1).tokens == ExitDecoder(model.extract(SubModel(1.0, (1,)))).full(prompt, 20).tokens
 
@@ -251,7 +254,7 @@ def test_bench_decode_runs_on_every_layout(model_type):
     cannot run (GPT-2), the bench says so instead of failing."""
     from sortednet_cli.decode.bench import bench_decode
 
-    result = bench_decode(build(model_type), [[5, 17, 3, 9]], 8, [1, 2], [0.9], [(1, 2), (2, "auto")], [1, 2])
+    result = bench_decode(build(model_type), [[5, 17, 3, 9]], 8, [1, 2], [0.9], [(1, 2, 1), (2, "auto", 1), (1, 2, 2)], [1, 2])
     assert all(row["identical"] for row in result["rows"] if "identical" in row)
     labels = [row["label"] for row in result["rows"]]
     if model_type == "gpt2":

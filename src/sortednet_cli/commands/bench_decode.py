@@ -54,9 +54,12 @@ def main(cfg: DictConfig) -> None:
     exits = list(settings.exits) if settings.exits is not None else list(range(1, depth + 1))
     draft_exits = list(settings.draft_exits) if settings.draft_exits is not None else default_draft_exits(depth)
     library_exits = list(settings.library_exits) if settings.library_exits is not None else draft_exits
-    speculative = [(e, k) for e in draft_exits for k in OmegaConf.to_container(settings.draft_lens)]
+    widths = list(settings.draft_widths)
+    if not widths or any(w < 1 for w in widths):
+        raise UserError(f"bench.draft_widths must be a list of ints >= 1 (1: a chain of drafts, more: a tree), not {widths}")
+    speculative = [(e, k, w) for w in widths for e in draft_exits for k in OmegaConf.to_container(settings.draft_lens)]
     if settings.auto:
-        speculative.append(("auto", "auto"))
+        speculative += [("auto", "auto", w) for w in widths]
     console.print(f"bench-decode on {decoder_run.run.device} ({cfg.threads or 'default'} threads): {len(prompts)} prompts x "
                   f"{settings.max_new_tokens} new tokens, {depth}-layer decoder {decoder_run.run.path}", highlight=False)
     if settings.temperature < 0:

@@ -18,7 +18,8 @@ def statistics_line(stats: dict) -> str:
     parts = [f"{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s)"]
     if stats["mode"] == "speculative":
         rate = stats["acceptance_rate"]
-        parts.append(f"acceptance {'n/a' if rate is None else f'{rate:.1%}'} of {stats['drafted']} drafted")
+        drafted = f"{stats['drafted']} drafted" if stats.get("draft_width", 1) == 1 else f"{stats['drafted']} tree levels of {stats['draft_width']}"
+        parts.append(f"acceptance {'n/a' if rate is None else f'{rate:.1%}'} of {drafted}")
         parts.append(f"{stats['tokens_per_verification']:.2f} tokens per verification ({stats['rounds']} verifications)")
         if "chosen" in stats:
             parts.append(f"chosen {', '.join(stats['chosen'][:3])}")
@@ -54,7 +55,7 @@ def main(cfg: DictConfig) -> None:
     else:
         draft_exit = settings.draft_exit if settings.draft_exit is not None else max(1, depth // 4)
         result = decoder.speculative(prompt_ids, n, draft_exit, settings.draft_len, settings.temperature, settings.top_k, settings.seed,
-                                     eos_id=eos_id)
+                                     eos_id=eos_id, draft_width=settings.draft_width)
     stats = dict(result.stats)
     if mode == "early_exit" or (mode == "exit" and settings.temperature == 0):
         stats["agreement"] = teacher_forced_agreement(decoder_run.model, prompt_ids, result.tokens)

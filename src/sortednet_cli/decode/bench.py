@@ -67,11 +67,12 @@ class _Case:
 
 
 def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, exits: Sequence[int] = (),
-                 thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen]] = (),
+                 thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen, int]] = (),
                  library_exits: Sequence[int] = (), temperature: float = 0.0, rounds: int = 1) -> dict:
     """Rows for full greedy (the reference), the same through the library's layer modules where
     the layout has lean decoding steps (models/hf_layouts.py), each exit alone, early exit at each threshold,
-    self-speculation at each (draft exit, draft length; either may be "auto"), and transformers'
+    self-speculation at each (draft exit, draft length, draft width; the first two may be "auto",
+    a width above 1 drafts a tree), and transformers'
     greedy and assistant_early_exit at each exit (library defaults for its draft length); each
     with speedup = its tokens/s over full greedy's. With `rounds` > 1 every row is measured once
     per round, the rows interleaved, and tokens_per_second is the median over the rounds and
@@ -80,7 +81,7 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     "auto_against_fixed" sets the automatic settings beside the best fixed one. Where a round's
     time goes (`breakdown`, engine.PhaseClock): the automatic rows time themselves as they run;
     full greedy and the best fixed setting are rerun once on a timed decoder for it. With a
-    `temperature` > 0, also full sampling and each speculative setting sampled at it (the
+    `temperature` > 0, also full sampling and each chain of drafts (width 1) sampled at it (the
     speculative-sampling rule: the same distribution, not the same draws), each with
     `over_full_sampling`, its tokens/s over full sampling's."""
     prompts = [[int(t) for t in p] for p in prompts]
@@ -104,15 +105,16 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     cases += [_Case({"mode": "early_exit", "label": f"early exit t={threshold:g}", "threshold": threshold},
                     lambda p, n, threshold=threshold: decoder.early_exit(p, n, threshold),
                     lambda runs: _early_exit_fields(model, prompts, runs)) for threshold in thresholds]
-    cases += [_Case({"mode": "speculative", "label": f"E={e} K={k}", "draft_exit": e, "draft_len": k},
-                    lambda p, n, e=e, k=k: decoder.speculative(p, n, e, k), lambda runs: {**_speculative_fields(runs), **identical(runs)})
-              for e, k in speculative_settings]
+    cases += [_Case({"mode": "speculative", "label": _label(e, k, w), "draft_exit": e, "draft_len": k, "draft_width": w},
+                    lambda p, n, e=e, k=k, w=w: decoder.speculative(p, n, e, k, draft_width=w),
+                    lambda runs: {**_speculative_fields(runs), **identical(runs)})
+              for e, k, w in speculative_settings]
     if temperature > 0:
         cases.append(_Case({"mode": "full_sampled", "label": f"full, sampled T={temperature:g}", "temperature": temperature},
                            lambda p, n: decoder.full(p, n, temperature=temperature)))
         cases += [_Case({"mode": "speculative_sampled", "label": f"E={e} K={k}, sampled T={temperature:g}", "draft_exit": e, "draft_len": k,
                          "temperature": temperature}, lambda p, n, e=e, k=k: decoder.speculative(p, n, e, k, temperature=temperature),
-                        _speculative_fields) for e, k in speculative_settings]
+                        _speculative_fields) for e, k, w in speculative_settings if w == 1]
     library_cases, library_unsupported = _library_cases(model, prompts, library_exits, identical)
     rows = _measure_interleaved(cases + library_cases, prompts, max_new_tokens, rounds)
     timed = ExitDecoder(model, timed=True)
@@ -120,10 +122,15 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     best_fixed = _best_fixed(rows)
     if best_fixed is not None:
         best_fixed["breakdown"] = _pooled_breakdown(_measure(
-            lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"]), prompts, max_new_tokens)[1])
+            lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"], draft_width=best_fixed["draft_width"]),
+            prompts, max_new_tokens)[1])
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers), "rounds": rounds,
             "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
             "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
+
+
+def _label(draft_exit: DraftExit, draft_len: DraftLen, width: int) -> str:
+    return f"E={draft_exit} K={draft_len}" + (f" W={width}" if width > 1 else "")
 
 
 def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_tokens: int, rounds: int) -> list[dict]:

@@ -36,6 +36,7 @@ from ..values import is_int, is_number
 from ..models import hf_compat
 from ..models import family_of
 from ..models.transformer import SortedDecoder, TokenBatch
+from .tree import DraftTree
 
 AUTO = "auto"
 DraftExit = Union[int, str]
@@ -105,12 +106,14 @@ def sampling_warp(temperature: float, top_k: Optional[int]) -> Optional[Warp]:
     return None if temperature == 0 else Warp(float(temperature), top_k)
 
 
-def draft_acceptance(exit_logits: torch.Tensor, full_logits: torch.Tensor, warp: Optional[Warp]) -> float:
+def draft_acceptance(exit_logits: torch.Tensor, full_logits: torch.Tensor, warp: Optional[Warp], width: int = 1) -> float:
     """The summed chance, over [n, vocab] rows, that a draft from the exit is accepted: greedy,
-    1 where the two argmaxes agree; sampled, sum over tokens of min(p_full, p_exit) (the
-    speculative-sampling acceptance rule's expectation)."""
+    1 where the full model's argmax is among the exit's `width` best (its argmax for a chain of
+    drafts); sampled, sum over tokens of min(p_full, p_exit) (the speculative-sampling
+    acceptance rule's expectation)."""
     if warp is None:
-        return float((exit_logits.argmax(-1) == full_logits.argmax(-1)).sum())
+        best = exit_logits.topk(min(width, exit_logits.shape[-1]), dim=-1).indices
+        return float((best == full_logits.argmax(-1, keepdim=True)).any(-1).sum())
     return float(torch.minimum(warp.probabilities(exit_logits), warp.probabilities(full_logits)).sum())
 
 
@@ -203,13 +206,16 @@ class DecodeCosts:
     step: float
     round: float
 
-    def round_seconds(self, num_layers: int, exit: int, length: int) -> float:
-        """A round of `length` drafts from exit `exit`: length + 1 one-token passes through the
-        draft layers (the round's input and each draft) with a head after each but the last, then
-        one call of every deeper layer and of the head over the length + 1 positions. Length 0 is
-        one step of full greedy decoding."""
-        draft = (length + 1) * (exit * self.layer + self.step) + length * self.head
-        verify = (num_layers - exit) * (self.layer + length * self.layer_per_position) + self.head + length * self.head_per_position
+    def round_seconds(self, num_layers: int, exit: int, length: int, width: int = 1) -> float:
+        """A round of `length` drafts from exit `exit`: length + 1 passes through the draft
+        layers (the round's input, then each draft: `width` positions at once for a tree) with a
+        head after each but the last, then one call of every deeper layer and of the head over
+        the 1 + length * width positions. Length 0 is one step of full greedy decoding."""
+        wider = width - 1
+        draft = ((length + 1) * (exit * self.layer + self.step) + length * exit * wider * self.layer_per_position
+                 + length * self.head + max(0, length - 1) * wider * self.head_per_position)
+        drafted = length * width
+        verify = (num_layers - exit) * (self.layer + drafted * self.layer_per_position) + self.head + drafted * self.head_per_position
         return draft + verify + self.round
 
     @classmethod
@@ -246,22 +252,24 @@ def expected_tokens(acceptance: float, length: int) -> float:
     return sum(acceptance ** i for i in range(length + 1))
 
 
-def choose_draft(costs: DecodeCosts, acceptance: Mapping[int, float], num_layers: int, lengths: Sequence[int]) -> tuple[int, int]:
+def choose_draft(costs: DecodeCosts, acceptance: Mapping[int, float], num_layers: int, lengths: Sequence[int],
+                 width: int = 1) -> tuple[int, int]:
     """The (exit, length), over the exits of `acceptance` and the `lengths`, that maximises
     expected tokens per second, expected_tokens / costs.round_seconds (DEL's criterion); ties go
     to the shallower exit and the shorter draft. It runs before every round, so each exit's
-    lengths are scanned incrementally (a round's cost is linear in its length)."""
+    lengths are scanned incrementally (from one draft on, a round's cost is linear in its length)."""
     allowed = set(lengths)
     best, best_rate = None, -1.0
     for exit in sorted(acceptance):
-        base = costs.round_seconds(num_layers, exit, 0)
-        per_draft = costs.round_seconds(num_layers, exit, 1) - base
+        base = costs.round_seconds(num_layers, exit, 0, width)
+        first = costs.round_seconds(num_layers, exit, 1, width)
+        per_draft = costs.round_seconds(num_layers, exit, 2, width) - first
         tokens, term = 0.0, 1.0
         for length in range(max(allowed) + 1):
             tokens += term
             term *= acceptance[exit]
             if length in allowed:
-                rate = tokens / (base + length * per_draft)
+                rate = tokens / (base if length == 0 else first + (length - 1) * per_draft)
                 if rate > best_rate:
                     best, best_rate = (exit, length), rate
     return best
@@ -325,8 +333,8 @@ class ExitDecoder:
 
     # --- the state of one generation ---------------------------------------------------------
 
-    def _reset(self, capacity: int) -> None:
-        self.cache = hf_compat.LayerCache(self.num_layers, capacity)
+    def _reset(self, capacity: int, spare: int = 0) -> None:
+        self.cache = hf_compat.LayerCache(self.num_layers, capacity + spare)
         self.waiting: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers + 1)]
         self.fed = 0
         self._position_ids = torch.arange(capacity, device=self.device)[None]
@@ -404,20 +412,25 @@ class ExitDecoder:
         """Next-token logits [count, vocab] of the last `count` positions waiting at exit `depth`."""
         queued = self.waiting[depth]
         hidden = queued[-1] if queued[-1].shape[1] >= count else torch.cat(queued, dim=1)
+        return self._head(hidden[:, -count:])
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [n, vocab] of hidden states [1, n, hidden] at any exit."""
         clock = self.clock
         began = clock.now() if clock else 0.0
-        logits = self.model.logits(hidden[:, -count:])[0]
+        logits = self.model.logits(hidden)[0]
         if clock:
-            clock.add("prefill" if self._phase == "prefill" else "head", "head", count, clock.now() - began)
+            clock.add("prefill" if self._phase == "prefill" else "head", "head", hidden.shape[1], clock.now() - began)
         return logits
 
     # --- checks and bookkeeping ----------------------------------------------------------------
 
-    def _begin(self, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], int]:
+    def _begin(self, prompt_ids: Sequence[int], max_new_tokens: int, spare: int = 0) -> tuple[list[int], int]:
         """The prompt as a list and how many tokens fit (max_new_tokens clipped to the context);
-        the cache and tables sized to them (no position past prompt + new tokens is ever fed)."""
+        the cache and tables sized to them (no position past prompt + new tokens is ever fed),
+        the cache with `spare` slots more (a draft tree's nodes beside each other)."""
         prompt, limit = check_request(prompt_ids, max_new_tokens, self.context, self.vocab_size)
-        self._reset(len(prompt) + limit)
+        self._reset(len(prompt) + limit, spare)
         return prompt, limit
 
     def _check_exit(self, depth: int, name: str, highest: int) -> None:
@@ -528,14 +541,17 @@ class ExitDecoder:
 
     @torch.inference_mode()
     def speculative(self, prompt_ids: Sequence[int], max_new_tokens: int, draft_exit: DraftExit = AUTO, draft_len: DraftLen = AUTO,
-                    temperature: float = 0.0, top_k: Optional[int] = None, seed: int = 0, eos_id: Optional[int] = None) -> Generation:
+                    temperature: float = 0.0, top_k: Optional[int] = None, seed: int = 0, eos_id: Optional[int] = None,
+                    draft_width: int = 1) -> Generation:
         """Lossless self-speculative decoding: exit `draft_exit` drafts, the full model verifies
         (see `_speculative_round`). Greedy at temperature 0 (token-identical to full greedy);
         otherwise sampled by the speculative-sampling rule, distributed exactly as sampling the
         full model at the same temperature and top_k. "auto" for the exit and/or the length:
         every round takes the (exit, length) choose_draft says, from the costs measured so far
         in this generation and the acceptance estimated per exit (AcceptanceEstimates); a length
-        of 0 is a step of plain full decoding."""
+        of 0 is a step of plain full decoding. `draft_width` > 1 (greedy only) drafts a tree,
+        `draft_width` nodes per level and `draft_len` levels deep (`_tree_round`); acceptance is
+        then counted per level."""
         exits = list(range(1, self.num_layers)) if draft_exit == AUTO else [draft_exit]
         if draft_exit != AUTO:
             self._check_exit(draft_exit, "draft_exit", self.num_layers - 1)
@@ -546,12 +562,16 @@ class ExitDecoder:
         else:
             raise UserError(f"draft_len must be an int >= 1 or 'auto', not {draft_len!r}")
         warp = sampling_warp(temperature, top_k)
-        prompt, limit = self._begin(prompt_ids, max_new_tokens)
+        if not is_int(draft_width) or draft_width < 1:
+            raise UserError(f"draft_width must be an int >= 1, not {draft_width!r}")
+        if draft_width > 1 and warp is not None:
+            raise UserError("a draft tree (draft_width > 1) is verified greedily: sample (temperature > 0) with draft_width=1")
+        prompt, limit = self._begin(prompt_ids, max_new_tokens, spare=max(lengths) * draft_width if draft_width > 1 else 0)
         generator = None if warp is None else torch.Generator(device=self.device).manual_seed(seed)
         choosing = len(exits) > 1 or len(lengths) > 1
         started = self._start(choosing)
         estimates = AcceptanceEstimates(exits) if choosing else None
-        self._prefill(prompt[:-1], estimates, warp)
+        self._prefill(prompt[:-1], estimates, warp, draft_width)
         tokens: list[int] = []
         rounds = drafted = accepted = 0
         draft_lengths: list[int] = []
@@ -560,8 +580,11 @@ class ExitDecoder:
         while len(tokens) < limit:
             room = limit - len(tokens) - 1  # a round yields up to length + 1
             usable = sorted({min(k, room) for k in lengths})
-            exit, length = (exits[0], usable[0]) if estimates is None else self._choose(estimates, usable, room, rounds)
-            new, agreed = self._speculative_round(inputs, exit, length, warp, generator)
+            exit, length = (exits[0], usable[0]) if estimates is None else self._choose(estimates, usable, room, rounds, draft_width)
+            if draft_width > 1:
+                new, agreed = self._tree_round(inputs, exit, length, draft_width)
+            else:
+                new, agreed = self._speculative_round(inputs, exit, length, warp, generator)
             if estimates is not None and length:
                 estimates.add(exit, agreed, agreed + (agreed < length))  # tested up to the first rejection
             rounds, drafted, accepted = rounds + 1, drafted + length, accepted + agreed
@@ -574,7 +597,7 @@ class ExitDecoder:
                 break
             tokens.extend(new)
             inputs = new[-1:]
-        extra = {"draft_exit": draft_exit, "draft_len": draft_len, "rounds": rounds, "drafted": drafted, "accepted": accepted,
+        extra = {"draft_exit": draft_exit, "draft_len": draft_len, "draft_width": draft_width, "rounds": rounds, "drafted": drafted, "accepted": accepted,
                  "acceptance_rate": accepted / drafted if drafted else None,
                  "tokens_per_verification": len(tokens) / rounds if rounds else 0.0, "draft_lengths": draft_lengths}
         if draft_exit == AUTO:
@@ -585,10 +608,11 @@ class ExitDecoder:
             extra.update(temperature=temperature, top_k=top_k, seed=seed)
         return self._finish("speculative", tokens, started, max_new_tokens, eos_id, **extra)
 
-    def _prefill(self, ids: list[int], estimates: Optional[AcceptanceEstimates], warp: Optional[Warp]) -> None:
+    def _prefill(self, ids: list[int], estimates: Optional[AcceptanceEstimates], warp: Optional[Warp], width: int) -> None:
         """The prompt but its last token through every layer in one call each (that token opens
         the first round). With estimates, also each candidate exit's agreement with the full
-        model over the last PRIOR_POSITIONS of these positions: the estimates' prior."""
+        model (for a tree of `width`: the full model's token among the exit's `width` best) over
+        the last PRIOR_POSITIONS of these positions: the estimates' prior."""
         if not ids:
             return
         self._phase = "prefill"
@@ -604,19 +628,19 @@ class ExitDecoder:
             full = self.model.logits(self.waiting[self.num_layers][-1][:, -PRIOR_POSITIONS:])[0]
             weight = min(1.0, PRIOR_WEIGHT / full.shape[0])
             for exit, hidden in states.items():
-                estimates.add(exit, weight * draft_acceptance(self.model.logits(hidden)[0], full, warp), weight * full.shape[0])
+                estimates.add(exit, weight * draft_acceptance(self.model.logits(hidden)[0], full, warp, width), weight * full.shape[0])
             clock.add("prefill", "head", full.shape[0], clock.now() - began)
         self.waiting[self.num_layers] = []
 
-    def _choose(self, estimates: AcceptanceEstimates, lengths: list[int], room: int, rounds: int) -> tuple[int, int]:
+    def _choose(self, estimates: AcceptanceEstimates, lengths: list[int], room: int, rounds: int, width: int) -> tuple[int, int]:
         """This round's (exit, length): choose_draft on the costs measured so far; while it says
-        0, every PROBE_EVERY-th round drafts one token from the best exit for one draft, so the
-        exits' acceptance keeps being measured."""
+        0, every PROBE_EVERY-th round drafts one token (one level) from the best exit for one
+        draft, so the exits' acceptance keeps being measured."""
         costs = DecodeCosts.measured(self.clock)
         rates = estimates.rates()
-        exit, length = choose_draft(costs, rates, self.num_layers, lengths)
+        exit, length = choose_draft(costs, rates, self.num_layers, lengths, width)
         if length == 0 and room > 0 and rounds % PROBE_EVERY == PROBE_EVERY - 1:
-            exit, length = choose_draft(costs, rates, self.num_layers, [1])
+            exit, length = choose_draft(costs, rates, self.num_layers, [1], width)
         return exit, length
 
     def _speculative_round(self, inputs: list[int], draft_exit: int, length: int, warp: Optional[Warp],
@@ -670,6 +694,64 @@ class ExitDecoder:
         for index in range(self.num_layers):
             self.cache.crop(index, self.fed)
         return new, agreed
+
+    def _tree_round(self, inputs: list[int], draft_exit: int, depth: int, width: int) -> tuple[list[int], int]:
+        """One greedy round over a tree of drafts (decode/tree.py); returns (new tokens, accepted
+        levels). The same state on entry and exit as `_speculative_round`.
+
+        Draft: the input (node 0) goes through layers < draft_exit as usual; then, level by
+        level, the exit's logits after the deepest level grow the tree by `width` nodes, which go
+        through the draft layers in one call per layer (at their positions, each seeing the
+        prefix and its ancestors). Verify: all nodes through layers >= draft_exit in one call
+        per layer, which gives the full model's next token after every node; the path of nodes
+        whose tokens are those choices is accepted, then the full model's token after its end.
+        Every layer keeps the prefix, node 0 and the path's keys/values, moved next to each other."""
+        start = self.fed
+        self._embed(self._ids(inputs))
+        self._climb(0, draft_exit, "draft")
+        states = self.waiting[draft_exit]
+        self.waiting[draft_exit] = []
+        tree = DraftTree(start, width, depth, self.vocab_size, states[0].dtype, self.device)
+        positions = tree.positions()
+        table = self.model.positions(states[0], positions) if self._sliceable_positions else None
+        for _ in range(depth):
+            first, count = tree.grow(self._head(states[-1]))
+            hidden = self.model.embed(tree.tokens[None, first:first + count], positions[:, first:first + count])
+            states.append(self._tree_layers(0, draft_exit, hidden, tree, first, positions, table, "draft"))
+        hidden = self._tree_layers(draft_exit, self.num_layers, torch.cat(states, dim=1), tree, 0, positions, table, "verify")
+        path, new = tree.accepted(self._head(hidden).argmax(-1))
+        self.fed = start + 1 + len(path)
+        if path:
+            slots = torch.tensor(path, device=self.device) + start
+            for index in range(self.num_layers):
+                self.cache.keep(index, start + 1, slots)
+        else:
+            for index in range(self.num_layers):
+                self.cache.crop(index, start + 1)
+        return new, len(path)
+
+    def _tree_layers(self, first_layer: int, stop: int, hidden: torch.Tensor, tree: DraftTree, first: int, positions: torch.Tensor,
+                     table, phase: str) -> torch.Tensor:
+        """Layers first_layer .. stop-1, one call each, over the tree's nodes first .. first + n - 1
+        (n = hidden's positions), under the tree's masks; their position embeddings are rows of
+        `table` (the round's, where the layout's tables slice) or built here."""
+        self._phase = phase
+        count = hidden.shape[1]
+        if table is not None:
+            position_embeddings = self.model.slice_positions(table, first, count)
+        else:
+            position_embeddings = self.model.positions(hidden, positions[:, first:first + count])
+        masks: dict = {}
+        clock = self.clock
+        for index in range(first_layer, stop):
+            window = self.model.windows[index]
+            if window not in masks:
+                masks[window] = tree.mask(first, count, window, positions)
+            began = clock.now() if clock else 0.0
+            hidden = self._steps[index](hidden, masks[window], position_embeddings, self.cache)
+            if clock:
+                clock.add(phase, "layer", count, clock.now() - began)
+        return hidden
 
     def _accept_sampled(self, drafts: list[torch.Tensor], draft_probabilities: list[torch.Tensor], full: torch.Tensor,
                         generator: torch.Generator) -> tuple[list[int], int]:

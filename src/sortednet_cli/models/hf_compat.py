@@ -151,6 +151,13 @@ class LayerCache:
         """Keep the first `length` positions of one layer."""
         self.lengths[layer] = min(self.lengths[layer], length)
 
+    def keep(self, layer: int, start: int, slots: torch.Tensor) -> None:
+        """Keep the first `start` positions of one layer, then those at `slots` (increasing, each
+        at or after start), moved to start, start + 1, ...: a verified path of a draft tree."""
+        for buffer in (self._keys[layer], self._values[layer]):
+            buffer.narrow(-2, start, len(slots)).copy_(buffer.index_select(-2, slots))
+        self.lengths[layer] = start + len(slots)
+
 
 def config_from_dict(config: dict):
     """A library config from its to_dict() form, of the class its model_type names."""
