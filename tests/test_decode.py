@@ -187,6 +187,17 @@ def test_the_cache_keeps_a_verified_path_next_to_the_prefix():
     cache.keep(0, 3, torch.tensor([4, 6]))
     kept_keys, kept_values = cache.filled(0)
     assert kept_keys.flatten().tolist() == [0, 1, 2, 4, 6] and kept_values.flatten().tolist() == [0, -1, -2, -4, -6]
+    # Every layer at once: one copy over the joint buffers, or layer by layer where a layer's writes are shaped
+    # otherwise (here 2 key/value heads against 1) and it has buffers of its own.
+    for second_heads in (1, 2):
+        cache = hf_compat.LayerCache(2, 8)
+        cache.update(keys, -keys, 0)
+        cache.update(10 + keys.expand(1, second_heads, 8, 1), -keys.expand(1, second_heads, 8, 1), 1)
+        cache.keep_all(3, torch.tensor([4, 6]))
+        assert cache.lengths == [5, 5]
+        assert cache.filled(0)[0].flatten().tolist() == [0, 1, 2, 4, 6]
+        assert cache.filled(1)[0][0, -1].flatten().tolist() == [10, 11, 12, 14, 16]
+        assert cache.filled(1)[1][0, 0].flatten().tolist() == [0, -1, -2, -4, -6]
 
 
 def test_speculative_is_exact_when_the_exits_disagree(trained, prompts):

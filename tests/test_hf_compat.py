@@ -287,8 +287,8 @@ def test_decoding_cache_holds_the_full_forward_keys(model_type):
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "gpt2", "gpt_neox"])  # no sliding window: the library's cache keeps every key
 def test_the_preallocated_cache_writes_in_place_and_holds_the_library_caches_keys(model_type):
-    """Decoding's cache, preallocated to the generation, is written in place (each buffer is the
-    one allocated for prompt + new tokens, never regrown) and holds, after a speculative
+    """Decoding's cache, preallocated to the generation, is written in place (every layer's buffer
+    a slice of the one tensor allocated for all layers' prompt + new tokens, never regrown) and holds, after a speculative
     generation with roll-backs, the keys and values of the library's own cache after one forward
     over the same tokens."""
     from transformers import DynamicCache
@@ -307,7 +307,8 @@ def test_the_preallocated_cache_writes_in_place_and_holds_the_library_caches_key
     for layer in range(3):
         keys, values = cache.filled(layer)
         batch, heads, length, head_dim = keys.shape
-        assert length == ids.shape[1] and keys.untyped_storage().nbytes() == batch * heads * cache.capacity * head_dim * keys.element_size()
+        assert length == ids.shape[1] and keys.untyped_storage().nbytes() == 3 * batch * heads * cache.capacity * head_dim * keys.element_size()
+        assert keys.untyped_storage().data_ptr() == cache.filled(0)[0].untyped_storage().data_ptr()
         torch.testing.assert_close(keys, library.layers[layer].keys, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(values, library.layers[layer].values, rtol=1e-5, atol=1e-6)
 

@@ -722,9 +722,7 @@ class ExitDecoder:
         path, new = tree.accepted(self._head(hidden).argmax(-1))
         self.fed = start + 1 + len(path)
         if path:
-            slots = torch.tensor(path, device=self.device) + start
-            for index in range(self.num_layers):
-                self.cache.keep(index, start + 1, slots)
+            self.cache.keep_all(start + 1, torch.tensor(path, device=self.device) + start)
         else:
             for index in range(self.num_layers):
                 self.cache.crop(index, start + 1)

@@ -43,8 +43,8 @@ class DraftTree:
 
     def positions(self) -> torch.Tensor:
         """The position of every node the tree can hold, [1, capacity]: start + its level."""
-        levels = torch.arange(self.capacity - 1) // self.width + 1
-        return (self.start + torch.cat([torch.zeros(1, dtype=torch.long), levels]))[None].to(self.tokens.device)
+        positions = [self.start] + [self.start + 1 + node // self.width for node in range(self.capacity - 1)]
+        return torch.tensor([positions], device=self.tokens.device)
 
     def level_nodes(self, level: int) -> tuple[int, int]:
         """(first node, node count) of a level; level 0 is node 0."""

@@ -109,19 +109,25 @@ class LayerCache:
     first write: `update` copies the new positions into their slice and returns a view of the
     filled prefix (no concatenation of the whole sequence per token and per layer), and `crop`
     only moves the length back (the next write overwrites what lay beyond). A write past the
-    capacity doubles the buffer, one copy."""
+    capacity doubles the buffer, one copy. The layers' buffers are slices of one tensor where
+    their shapes agree (allocated at the first write), so `keep_all` moves a path's keys and
+    values in every layer at once."""
 
     def __init__(self, num_layers: int, capacity: int = 0):
         self.capacity = capacity
         self.lengths = [0] * num_layers
         self._keys: list[Optional[torch.Tensor]] = [None] * num_layers
         self._values: list[Optional[torch.Tensor]] = [None] * num_layers
+        self._joint: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._in_joint: Optional[list[bool]] = None
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
         start = self.lengths[layer_idx]
         stop = start + keys.shape[-2]
+        if self._joint is None and stop <= self.capacity:
+            self._allocate_joint(keys, values)
         buffer = self._keys[layer_idx]
-        if buffer is None or stop > buffer.shape[-2]:
+        if buffer is None or buffer.shape[:-2] != keys.shape[:-2] or buffer.dtype != keys.dtype or stop > buffer.shape[-2]:
             self._grow(layer_idx, keys, values, max(stop, self.capacity, 2 * (0 if buffer is None else buffer.shape[-2])))
         keys_buffer, values_buffer = self._keys[layer_idx], self._values[layer_idx]
         keys_buffer.narrow(-2, start, stop - start).copy_(keys)
@@ -129,11 +135,21 @@ class LayerCache:
         self.lengths[layer_idx] = stop
         return keys_buffer.narrow(-2, 0, stop), values_buffer.narrow(-2, 0, stop)
 
+    def _allocate_joint(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Every layer's buffers as slices of one keys and one values tensor shaped like the
+        first write (a layer whose writes are shaped otherwise gets its own in `_grow`)."""
+        count = len(self.lengths)
+        self._joint = tuple(new.new_empty(count, *new.shape[:-2], self.capacity, new.shape[-1]) for new in (keys, values))
+        self._keys, self._values = ([joint[layer] for layer in range(count)] for joint in self._joint)  # not unbind: its views refuse writes under autograd
+        self._in_joint = [True] * count
+
     def _grow(self, layer: int, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+        if self._in_joint is not None:
+            self._in_joint[layer] = False
         filled = self.lengths[layer]
         for store, new in ((self._keys, keys), (self._values, values)):
             buffer = new.new_empty(*new.shape[:-2], capacity, new.shape[-1])
-            if store[layer] is not None:
+            if store[layer] is not None and filled:
                 buffer[..., :filled, :] = store[layer][..., :filled, :]
             store[layer] = buffer
 
@@ -157,6 +173,17 @@ class LayerCache:
         for buffer in (self._keys[layer], self._values[layer]):
             buffer.narrow(-2, start, len(slots)).copy_(buffer.index_select(-2, slots))
         self.lengths[layer] = start + len(slots)
+
+    def keep_all(self, start: int, slots: torch.Tensor) -> None:
+        """`keep` in every layer: two copies in all where every layer is a slice of the joint
+        buffers, one layer at a time otherwise."""
+        if self._in_joint is None or not all(self._in_joint):
+            for layer in range(len(self.lengths)):
+                self.keep(layer, start, slots)
+            return
+        for joint in self._joint:
+            joint.narrow(-2, start, len(slots)).copy_(joint.index_select(-2, slots))
+        self.lengths = [start + len(slots)] * len(self.lengths)
 
 
 def config_from_dict(config: dict):
