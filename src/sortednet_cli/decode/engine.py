@@ -1,6 +1,6 @@
 """Decoding with the exits of a sorted decoder: the full model, one exit, confidence-based early
-exit and lossless self-speculation (greedy, or sampled with the speculative-sampling rule), all
-over one KV cache.
+exit and lossless self-speculation (greedy over a chain or a tree of drafts, or sampled with the
+speculative-sampling rule), all over one KV cache.
 
 Sorted training makes every depth a usable LM with the shared final norm and head, so one set of
 weights can draft, verify and exit early. That needs a cache whose layers hold different lengths
