@@ -61,9 +61,13 @@ def tiny_config(model_type: str, attention: str = "eager"):
     return config
 
 
-def build(model_type: str, sort_heads: bool = False, attention: str = "eager"):
+def build(model_type: str, sort_heads: bool = False, attention: str = "eager", **overrides):
+    """The tiny model of a type, its config's `overrides` set after the quirks."""
     torch.manual_seed(0)
-    model = sorted_from_config(tiny_config(model_type, attention), sort_heads)
+    config = tiny_config(model_type, attention)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    model = sorted_from_config(config, sort_heads)
     with torch.no_grad():  # biases and norm weights away from their defaults, so slicing errors show
         for name, parameter in model.named_parameters():
             if parameter.dim() == 1:
@@ -185,16 +189,23 @@ def test_greedy_decoding_equals_the_library_generate_and_speculation_equals_gree
     assert decoder.exit(prompt, 20, 1).tokens == ExitDecoder(model.extract(SubModel(1.0, (1,)))).full(prompt, 20).tokens
 
 
-LEAN = ["llama", "mistral", "qwen2", "qwen3"]  # hf_layouts.RotaryDecoder.lean_model_types
+LEAN = ["llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gpt2", "gpt_neox"]  # RotaryDecoder.lean_model_types, GPT-2, NeoX
+LEAN_VARIANTS = {  # the other branches of a lean step: (model_type, config overrides)
+    "phi3 partial rotary": ("phi3", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}}),
+    "gpt_neox sequential residual": ("gpt_neox", {"use_parallel_residual": False}),
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("model_type", LEAN)
+@pytest.mark.parametrize("model_type", LEAN + list(LEAN_VARIANTS))
 def test_lean_decoding_steps_equal_the_library_layers_to_the_bit(model_type, dtype):
     """Each layer's lean step (its forward inlined) gives the library layer's output and writes
     its keys and values, bit for bit: a 6-position prefill, one position, then 3 at once (the
     verifier's call), past the sliding windows; under the library's sdpa attention."""
-    model = build(model_type, attention="sdpa").to(dtype)
+    model_type, overrides = LEAN_VARIANTS.get(model_type, (model_type, {}))
+    model = build(model_type, attention="sdpa", **overrides).to(dtype)
+    if "rope_parameters" in overrides:
+        assert model.positions(torch.zeros(1, 1, 32), torch.zeros(1, 1, dtype=torch.long))[0].shape[-1] == 4  # of head_dim 8
     assert model.lean_decoding
     hidden = torch.randn(1, 10, 32, dtype=dtype)
     table = model.positions(hidden, torch.arange(10)[None])
@@ -227,10 +238,10 @@ def test_lean_decoding_reproduces_the_library_generate(model_type):
     assert ExitDecoder(model).speculative(prompt, 20, 1, 3).tokens == ours
 
 
-@pytest.mark.parametrize("model_type", ["olmo2", "phi3", "gpt2", "gpt_neox"])  # Gemma 2 has no sdpa
-def test_layouts_without_a_lean_step_decode_through_the_library_layers(model_type):
-    assert not build(model_type, attention="sdpa").lean_decoding
+def test_layouts_without_a_lean_step_decode_through_the_library_layers():
+    assert not build("gemma2").lean_decoding  # Gemma 2's attention soft-capping: eager attention only
     assert not build("llama").lean_decoding  # eager attention: the lean steps inline sdpa's
+    assert build("gpt_neox", attention="sdpa", use_parallel_residual=False).lean_decoding
 
 
 def test_a_lean_step_in_training_mode_is_the_library_layer_with_its_dropout():

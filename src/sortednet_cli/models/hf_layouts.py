@@ -168,63 +168,178 @@ LeanStep = Callable[[torch.Tensor, Optional[torch.Tensor], Any, "hf_compat.Layer
 """(hidden, mask, position embeddings, cache) -> the layer's output: one layer as decoding runs it."""
 
 
-def _rms_norm(weight: torch.Tensor, epsilon: float, hidden: torch.Tensor) -> torch.Tensor:
+def _rms_norm(weight: torch.Tensor, epsilon: float, hidden: torch.Tensor, cast_last: bool = False) -> torch.Tensor:
     """LlamaRMSNorm's arithmetic in its order: float32 inside, the weight applied after the cast
-    back (the casts are no-ops in float32, so they are skipped there)."""
+    back; with `cast_last`, OLMo2's: the weight applied in float32, then the cast (the casts are
+    no-ops in float32, so they are skipped there)."""
     dtype = hidden.dtype
     if dtype != torch.float32:
         hidden = hidden.to(torch.float32)
     hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + epsilon)
-    return weight * (hidden if dtype == torch.float32 else hidden.to(dtype))
+    if dtype == torch.float32:
+        return weight * hidden
+    return (weight * hidden).to(dtype) if cast_last else weight * hidden.to(dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as the library applies it (rotate_half: the halves swapped, the first negated)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    """Rotary embedding as the library applies it (rotate_half: the halves swapped, the first
+    negated) to the first cos.shape[-1] dims of each head, the rest passed through (partial
+    rotary, Phi-3's)."""
+    dim = cos.shape[-1]
+    rotated = x if dim == x.shape[-1] else x[..., :dim]
+    half = dim // 2
+    rotated = rotated * cos + torch.cat((-rotated[..., half:], rotated[..., :half]), dim=-1) * sin
+    return rotated if dim == x.shape[-1] else torch.cat([rotated, x[..., dim:]], dim=-1)
 
 
-class _LlamaStep:
-    """A LLaMA-style layer (pre-norm attention and gated MLP, q/k norms on the head dim where
-    present) in eval mode: LlamaDecoderLayer.forward and its modules' forwards, inlined. It holds
-    the layer's parameters (the same Parameter objects, so in-place updates and dtype or device
-    moves show through; a parameter reassigned afterwards would not), read once here because a
-    module attribute lookup costs about what a small tensor op does. In training mode it calls
-    the library's layer, whose dropout it does not have."""
+class _RotaryStep:
+    """A layer of RotaryDecoder's LlamaDecoderLayer family in eval mode, its forward and its
+    modules' forwards inlined: pre-norm attention and gated MLP (LLaMA, Mistral, Qwen2), q/k norms
+    on each head (Qwen3) or on the whole projection with the norms after attention and MLP
+    instead of before (OLMo2), fused qkv and gate_up projections with partial rotary (Phi-3). It
+    holds the layer's parameters (the same Parameter objects, so in-place updates and dtype or
+    device moves show through; a parameter reassigned afterwards would not), read once here
+    because a module attribute lookup costs about what a small tensor op does. In training mode
+    it calls the library's layer, whose dropout it does not have."""
 
-    def __init__(self, layer: nn.Module, library: LeanStep):
+    def __init__(self, layer: nn.Module, library: LeanStep, cast_last: bool):
         attention, mlp = layer.self_attn, layer.mlp
-        self.layer, self.library, self.attend, self.act = layer, library, hf_compat.sdpa_attention(attention), mlp.act_fn
-        self.head_dim, self.index = attention.head_dim, attention.layer_idx
+        self.layer, self.library, self.attend = layer, library, hf_compat.sdpa_attention(attention)
+        self.head_dim, self.index, self.cast_last = attention.head_dim, attention.layer_idx, cast_last
         projection = lambda module: (module.weight, module.bias)  # noqa: E731
-        self.q, self.k, self.v, self.o = (projection(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        self.gate, self.up, self.down = (projection(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
         norm = lambda module: (module.weight, module.variance_epsilon)  # noqa: E731
-        self.input_norm, self.post_norm = norm(layer.input_layernorm), norm(layer.post_attention_layernorm)
-        q_norm = getattr(attention, "q_norm", None)  # Qwen3
+        self.o, self.down = projection(attention.o_proj), projection(mlp.down_proj)
+        if hasattr(attention, "qkv_proj"):  # Phi-3: [q; k; v] rows of one projection
+            self.qkv = projection(attention.qkv_proj)
+            queries = attention.config.num_attention_heads * self.head_dim
+            self.qkv_split = (queries, queries + attention.num_key_value_heads * self.head_dim)
+        else:
+            self.qkv = None
+            self.q, self.k, self.v = (projection(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj"))
+        q_norm = getattr(attention, "q_norm", None)
         self.qk_norms = None if q_norm is None else (norm(q_norm), norm(attention.k_norm))
+        self.qk_norms_per_head = q_norm is not None and q_norm.weight.numel() == self.head_dim  # Qwen3; OLMo2's span all heads
+        if hasattr(mlp, "gate_up_proj"):  # Phi-3: [gate; up] rows of one projection
+            self.gate_up, self.act = projection(mlp.gate_up_proj), mlp.activation_fn
+        else:
+            self.gate_up, self.act = None, mlp.act_fn
+            self.gate, self.up = projection(mlp.gate_proj), projection(mlp.up_proj)
+        self.norms_after = not hasattr(layer, "input_layernorm")  # OLMo2: post-attention and post-feedforward norms
+        if self.norms_after:
+            self.after_attention, self.after_mlp = norm(layer.post_attention_layernorm), norm(layer.post_feedforward_layernorm)
+        else:
+            self.input_norm, self.post_norm = norm(layer.input_layernorm), norm(layer.post_attention_layernorm)
+
+    def _project(self, x: torch.Tensor, heads_shape: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values [*positions, heads, head_dim], q/k-normed where the layer norms them."""
+        linear = torch.nn.functional.linear
+        if self.qkv is not None:
+            qkv = linear(x, *self.qkv)
+            first, second = self.qkv_split
+            return qkv[..., :first].view(heads_shape), qkv[..., first:second].view(heads_shape), qkv[..., second:].view(heads_shape)
+        query, keys, values = linear(x, *self.q), linear(x, *self.k), linear(x, *self.v).view(heads_shape)
+        if self.qk_norms is not None and not self.qk_norms_per_head:
+            query = _rms_norm(*self.qk_norms[0], query, self.cast_last)
+            keys = _rms_norm(*self.qk_norms[1], keys, self.cast_last)
+        query, keys = query.view(heads_shape), keys.view(heads_shape)
+        if self.qk_norms_per_head:
+            query, keys = _rms_norm(*self.qk_norms[0], query), _rms_norm(*self.qk_norms[1], keys)
+        return query, keys, values
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        linear = torch.nn.functional.linear
+        if self.gate_up is not None:
+            gate, up = linear(x, *self.gate_up).chunk(2, dim=-1)
+            return linear(up * self.act(gate), *self.down)
+        return linear(self.act(linear(x, *self.gate)) * linear(x, *self.up), *self.down)
 
     def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
                  cache: "hf_compat.LayerCache") -> torch.Tensor:
         if self.layer.training:
             return self.library(hidden, mask, position_embeddings, cache)
-        linear = torch.nn.functional.linear
         positions = hidden.shape[:-1]
-        heads_shape = (*positions, -1, self.head_dim)
-        x = _rms_norm(*self.input_norm, hidden)
-        query = linear(x, *self.q).view(heads_shape)
-        keys = linear(x, *self.k).view(heads_shape)
-        values = linear(x, *self.v).view(heads_shape).transpose(1, 2)
-        if self.qk_norms is not None:
-            query, keys = _rms_norm(*self.qk_norms[0], query), _rms_norm(*self.qk_norms[1], keys)
+        x = hidden if self.norms_after else _rms_norm(*self.input_norm, hidden)
+        query, keys, values = self._project(x, (*positions, -1, self.head_dim))
         cos, sin = position_embeddings
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        dtype = query.dtype
         query, keys = _rotate(query.transpose(1, 2), cos, sin), _rotate(keys.transpose(1, 2), cos, sin)
-        keys, values = cache.update(keys, values, self.index)
-        attended = self.attend(query, keys, values, mask)
-        hidden = hidden + linear(attended.reshape(*positions, -1), *self.o)
-        x = _rms_norm(*self.post_norm, hidden)
-        return hidden + linear(self.act(linear(x, *self.gate)) * linear(x, *self.up), *self.down)
+        if query.dtype != dtype:  # OLMo2's rotary tables are float32; its rotation casts back
+            query, keys = query.to(dtype), keys.to(dtype)
+        keys, values = cache.update(keys, values.transpose(1, 2), self.index)
+        attended = torch.nn.functional.linear(self.attend(query, keys, values, mask).reshape(*positions, -1), *self.o)
+        if self.norms_after:
+            hidden = hidden + _rms_norm(*self.after_attention, attended, self.cast_last)
+            return hidden + _rms_norm(*self.after_mlp, self._mlp(hidden), self.cast_last)
+        hidden = hidden + attended
+        return hidden + self._mlp(_rms_norm(*self.post_norm, hidden))
+
+
+def _conv1d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, width: int) -> torch.Tensor:
+    """GPT-2's Conv1D (an [in, out] weight) as the library computes it: one addmm over the flattened positions."""
+    return torch.addmm(bias, x.view(-1, x.shape[-1]), weight).view(*x.shape[:-1], width)
+
+
+class _GPT2Step:
+    """A GPT2Block in eval mode (pre-LayerNorm attention and MLP, fused q/k/v), its forward and
+    its modules' forwards inlined, holding its parameters as _RotaryStep does; in training mode
+    the library's layer (its dropout)."""
+
+    def __init__(self, layer: nn.Module, library: LeanStep):
+        attention, mlp = layer.attn, layer.mlp
+        self.layer, self.library, self.attend, self.act = layer, library, hf_compat.sdpa_attention(attention), mlp.act
+        self.head_dim, self.split, self.index = attention.head_dim, attention.split_size, attention.layer_idx
+        conv = lambda module: (module.bias, module.weight, module.weight.shape[1])  # noqa: E731
+        self.c_attn, self.c_proj, self.c_fc, self.mlp_proj = (conv(m) for m in (attention.c_attn, attention.c_proj, mlp.c_fc, mlp.c_proj))
+        norm = lambda module: (module.normalized_shape, module.weight, module.bias, module.eps)  # noqa: E731
+        self.ln_1, self.ln_2 = norm(layer.ln_1), norm(layer.ln_2)
+
+    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                 cache: "hf_compat.LayerCache") -> torch.Tensor:
+        if self.layer.training:
+            return self.library(hidden, mask, position_embeddings, cache)
+        layer_norm = torch.nn.functional.layer_norm
+        query, keys, values = _conv1d(layer_norm(hidden, *self.ln_1), *self.c_attn).split(self.split, dim=2)
+        heads_shape = (*keys.shape[:-1], -1, self.head_dim)
+        keys, values = cache.update(keys.view(heads_shape).transpose(1, 2), values.view(heads_shape).transpose(1, 2), self.index)
+        attended = self.attend(query.view(heads_shape).transpose(1, 2), keys, values, mask)
+        hidden = _conv1d(attended.reshape(*attended.shape[:-2], -1).contiguous(), *self.c_proj) + hidden
+        return hidden + _conv1d(self.act(_conv1d(layer_norm(hidden, *self.ln_2), *self.c_fc)), *self.mlp_proj)
+
+
+class _NeoXStep:
+    """A GPTNeoXLayer in eval mode (q, k, v fused per head, partial rotary, the parallel residual
+    or the sequential one), its forward and its modules' forwards inlined, holding its parameters
+    as _RotaryStep does; in training mode the library's layer (its dropout)."""
+
+    def __init__(self, layer: nn.Module, library: LeanStep):
+        attention, mlp = layer.attention, layer.mlp
+        self.layer, self.library, self.attend, self.act = layer, library, hf_compat.sdpa_attention(attention), mlp.act
+        self.head_size, self.index, self.parallel = attention.head_size, attention.layer_idx, layer.use_parallel_residual
+        projection = lambda module: (module.weight, module.bias)  # noqa: E731
+        self.qkv, self.dense = projection(attention.query_key_value), projection(attention.dense)
+        self.up, self.down = projection(mlp.dense_h_to_4h), projection(mlp.dense_4h_to_h)
+        norm = lambda module: (module.normalized_shape, module.weight, module.bias, module.eps)  # noqa: E731
+        self.input_norm, self.post_norm = norm(layer.input_layernorm), norm(layer.post_attention_layernorm)
+
+    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                 cache: "hf_compat.LayerCache") -> torch.Tensor:
+        if self.layer.training:
+            return self.library(hidden, mask, position_embeddings, cache)
+        linear, layer_norm = torch.nn.functional.linear, torch.nn.functional.layer_norm
+        positions = hidden.shape[:-1]
+        qkv = linear(layer_norm(hidden, *self.input_norm), *self.qkv).view(*positions, -1, 3 * self.head_size).transpose(1, 2)
+        query, keys, values = qkv.chunk(3, dim=-1)
+        cos, sin = position_embeddings
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        keys, values = cache.update(_rotate(keys, cos, sin), values, self.index)
+        attended = self.attend(_rotate(query, cos, sin), keys, values, mask)
+        attended = linear(attended.reshape(*positions, -1).contiguous(), *self.dense)
+        mlp = lambda x: linear(self.act(linear(layer_norm(x, *self.post_norm), *self.up)), *self.down)  # noqa: E731
+        if self.parallel:
+            return mlp(hidden) + attended + hidden
+        attended = attended + hidden
+        return mlp(attended) + attended
 
 
 class RotaryDecoder(DecoderLayout):
@@ -239,9 +354,9 @@ class RotaryDecoder(DecoderLayout):
     model_types = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma2", "phi3")
     layers_path = "model.layers"
     gated_ffn = True  # gate_proj and up_proj (Phi-3: fused as gate_up_proj)
-    # LlamaDecoderLayer's structure, so lean_step's inlined forward: OLMo2 (post-norms), Gemma 2
-    # (four norms, soft-capping) and Phi-3 (fused projections, partial rotary) run the library's.
-    lean_model_types = ("llama", "mistral", "qwen2", "qwen3")
+    # The types lean_step's inlined forward covers; Gemma 2 (four norms, attention soft-capping)
+    # runs the library's layer.
+    lean_model_types = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3")
 
     def heads_cuttable(self, hf: nn.Module) -> bool:
         attention = self.layers(hf)[0].self_attn
@@ -268,7 +383,7 @@ class RotaryDecoder(DecoderLayout):
     def lean_step(self, layer, config):
         if config.model_type not in self.lean_model_types or config._attn_implementation != "sdpa":
             return None
-        return _LlamaStep(layer, lambda *args: self.run_layer(layer, *args))
+        return _RotaryStep(layer, lambda *args: self.run_layer(layer, *args), cast_last=config.model_type == "olmo2")
 
     def logits(self, hf, hidden):
         logits = hf.lm_head(hf.model.norm(hidden))
@@ -342,6 +457,11 @@ class GPT2Decoder(DecoderLayout):
         finally:
             c_fc.nf = full
 
+    def lean_step(self, layer, config):
+        if config._attn_implementation != "sdpa" or getattr(layer, "crossattention", None) is not None:
+            return None
+        return _GPT2Step(layer, lambda *args: self.run_layer(layer, *args))
+
     def logits(self, hf, hidden):
         return hf.lm_head(hf.transformer.ln_f(hidden))
 
@@ -386,6 +506,11 @@ class NeoXDecoder(DecoderLayout):
 
     def positions_sliceable(self, hf):
         return _plain_rotary(hf.gpt_neox.rotary_emb)
+
+    def lean_step(self, layer, config):
+        if config._attn_implementation != "sdpa":
+            return None
+        return _NeoXStep(layer, lambda *args: self.run_layer(layer, *args))
 
     def logits(self, hf, hidden):
         return hf.lm_head(hf.gpt_neox.final_layer_norm(hidden))
