@@ -105,16 +105,7 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     cases += [_Case({"mode": "early_exit", "label": f"early exit t={threshold:g}", "threshold": threshold},
                     lambda p, n, threshold=threshold: decoder.early_exit(p, n, threshold),
                     lambda runs: _early_exit_fields(model, prompts, runs)) for threshold in thresholds]
-    cases += [_Case({"mode": "speculative", "label": _label(e, k, w), "draft_exit": e, "draft_len": k, "draft_width": w},
-                    lambda p, n, e=e, k=k, w=w: decoder.speculative(p, n, e, k, draft_width=w),
-                    lambda runs: {**_speculative_fields(runs), **identical(runs)})
-              for e, k, w in speculative_settings]
-    if temperature > 0:
-        cases.append(_Case({"mode": "full_sampled", "label": f"full, sampled T={temperature:g}", "temperature": temperature},
-                           lambda p, n: decoder.full(p, n, temperature=temperature)))
-        cases += [_Case({"mode": "speculative_sampled", "label": f"E={e} K={k}, sampled T={temperature:g}", "draft_exit": e, "draft_len": k,
-                         "temperature": temperature}, lambda p, n, e=e, k=k: decoder.speculative(p, n, e, k, temperature=temperature),
-                        _speculative_fields) for e, k, w in speculative_settings if w == 1]
+    cases += _speculative_cases(decoder, speculative_settings, temperature, identical)
     library_cases, library_unsupported = _library_cases(model, prompts, library_exits, identical)
     rows = _measure_interleaved(cases + library_cases, prompts, max_new_tokens, rounds)
     timed = ExitDecoder(model, timed=True)
@@ -127,6 +118,23 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers), "rounds": rounds,
             "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
             "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
+
+
+def _speculative_cases(decoder: ExitDecoder, settings: Sequence[tuple[DraftExit, DraftLen, int]], temperature: float,
+                       identical: Callable[[list[Generation]], dict]) -> list[_Case]:
+    """A greedy row per (exit, length, width) setting; with a temperature, full sampling and each
+    chain setting sampled at it."""
+    cases = [_Case({"mode": "speculative", "label": _label(e, k, w), "draft_exit": e, "draft_len": k, "draft_width": w},
+                   lambda p, n, e=e, k=k, w=w: decoder.speculative(p, n, e, k, draft_width=w),
+                   lambda runs: {**_speculative_fields(runs), **identical(runs)})
+             for e, k, w in settings]
+    if temperature > 0:
+        cases.append(_Case({"mode": "full_sampled", "label": f"full, sampled T={temperature:g}", "temperature": temperature},
+                           lambda p, n: decoder.full(p, n, temperature=temperature)))
+        cases += [_Case({"mode": "speculative_sampled", "label": f"E={e} K={k}, sampled T={temperature:g}", "draft_exit": e, "draft_len": k,
+                         "temperature": temperature}, lambda p, n, e=e, k=k: decoder.speculative(p, n, e, k, temperature=temperature),
+                        _speculative_fields) for e, k, w in settings if w == 1]
+    return cases
 
 
 def _label(draft_exit: DraftExit, draft_len: DraftLen, width: int) -> str:

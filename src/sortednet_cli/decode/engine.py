@@ -552,20 +552,8 @@ class ExitDecoder:
         of 0 is a step of plain full decoding. `draft_width` > 1 (greedy only) drafts a tree,
         `draft_width` nodes per level and `draft_len` levels deep (`_tree_round`); acceptance is
         then counted per level."""
-        exits = list(range(1, self.num_layers)) if draft_exit == AUTO else [draft_exit]
-        if draft_exit != AUTO:
-            self._check_exit(draft_exit, "draft_exit", self.num_layers - 1)
-        if draft_len == AUTO:
-            lengths = list(range(MAX_DRAFT_LEN + 1))
-        elif is_int(draft_len) and draft_len >= 1:
-            lengths = [draft_len]
-        else:
-            raise UserError(f"draft_len must be an int >= 1 or 'auto', not {draft_len!r}")
         warp = sampling_warp(temperature, top_k)
-        if not is_int(draft_width) or draft_width < 1:
-            raise UserError(f"draft_width must be an int >= 1, not {draft_width!r}")
-        if draft_width > 1 and warp is not None:
-            raise UserError("a draft tree (draft_width > 1) is verified greedily: sample (temperature > 0) with draft_width=1")
+        exits, lengths = self._draft_choices(draft_exit, draft_len, draft_width, warp)
         prompt, limit = self._begin(prompt_ids, max_new_tokens, spare=max(lengths) * draft_width if draft_width > 1 else 0)
         generator = None if warp is None else torch.Generator(device=self.device).manual_seed(seed)
         choosing = len(exits) > 1 or len(lengths) > 1
@@ -607,6 +595,23 @@ class ExitDecoder:
         if warp is not None:
             extra.update(temperature=temperature, top_k=top_k, seed=seed)
         return self._finish("speculative", tokens, started, max_new_tokens, eos_id, **extra)
+
+    def _draft_choices(self, draft_exit: DraftExit, draft_len: DraftLen, draft_width: int, warp: Optional[Warp]) -> tuple[list[int], list[int]]:
+        """The checked draft settings: the exits and the lengths a round may take."""
+        exits = list(range(1, self.num_layers)) if draft_exit == AUTO else [draft_exit]
+        if draft_exit != AUTO:
+            self._check_exit(draft_exit, "draft_exit", self.num_layers - 1)
+        if draft_len == AUTO:
+            lengths = list(range(MAX_DRAFT_LEN + 1))
+        elif is_int(draft_len) and draft_len >= 1:
+            lengths = [draft_len]
+        else:
+            raise UserError(f"draft_len must be an int >= 1 or 'auto', not {draft_len!r}")
+        if not is_int(draft_width) or draft_width < 1:
+            raise UserError(f"draft_width must be an int >= 1, not {draft_width!r}")
+        if draft_width > 1 and warp is not None:
+            raise UserError("a draft tree (draft_width > 1) is verified greedily: sample (temperature > 0) with draft_width=1")
+        return exits, lengths
 
     def _prefill(self, ids: list[int], estimates: Optional[AcceptanceEstimates], warp: Optional[Warp], width: int) -> None:
         """The prompt but its last token through every layer in one call each (that token opens
