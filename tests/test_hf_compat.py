@@ -196,14 +196,19 @@ LEAN_VARIANTS = {  # the other branches of a lean step: (model_type, config over
 }
 
 
+LEAN_CASES = [f"{t} sdpa" for t in LEAN] + [f"{t} eager" for t in LEAN] + ["gemma2 eager"] + [f"{v} sdpa" for v in LEAN_VARIANTS]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("model_type", LEAN + list(LEAN_VARIANTS))
-def test_lean_decoding_steps_equal_the_library_layers_to_the_bit(model_type, dtype):
+@pytest.mark.parametrize("case", LEAN_CASES)
+def test_lean_decoding_steps_equal_the_library_layers_to_the_bit(case, dtype):
     """Each layer's lean step (its forward inlined) gives the library layer's output and writes
     its keys and values, bit for bit: a 6-position prefill, one position, then 3 at once (the
-    verifier's call), past the sliding windows; under the library's sdpa attention."""
-    model_type, overrides = LEAN_VARIANTS.get(model_type, (model_type, {}))
-    model = build(model_type, attention="sdpa", **overrides).to(dtype)
+    verifier's call), past the sliding windows; under the library's sdpa and eager attention
+    (Gemma 2: eager, its soft-capping)."""
+    name, attention = case.rsplit(" ", 1)
+    model_type, overrides = LEAN_VARIANTS.get(name, (name, {}))
+    model = build(model_type, attention=attention, **overrides).to(dtype)
     if "rope_parameters" in overrides:
         assert model.positions(torch.zeros(1, 1, 32), torch.zeros(1, 1, dtype=torch.long))[0].shape[-1] == 4  # of head_dim 8
     assert model.lean_decoding
@@ -222,11 +227,12 @@ def test_lean_decoding_steps_equal_the_library_layers_to_the_bit(model_type, dty
                 assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("model_type", LEAN)
-def test_lean_decoding_reproduces_the_library_generate(model_type):
+@pytest.mark.parametrize("case", [f"{t} sdpa" for t in LEAN] + ["gemma2 eager", "llama eager"])
+def test_lean_decoding_reproduces_the_library_generate(case):
     """Greedy decoding over the lean steps, the library's layers and the library's generate:
     the same tokens; speculation over the lean steps too."""
-    model = build(model_type, attention="sdpa")
+    model_type, attention = case.split()
+    model = build(model_type, attention=attention)
     prompt = [5, 17, 3, 9, 22, 41]
     ours = ExitDecoder(model).full(prompt, 20).tokens
     assert ExitDecoder(model, library_layers=True).full(prompt, 20).tokens == ours
@@ -238,10 +244,17 @@ def test_lean_decoding_reproduces_the_library_generate(model_type):
     assert ExitDecoder(model).speculative(prompt, 20, 1, 3).tokens == ours
 
 
-def test_layouts_without_a_lean_step_decode_through_the_library_layers():
-    assert not build("gemma2").lean_decoding  # Gemma 2's attention soft-capping: eager attention only
-    assert not build("llama").lean_decoding  # eager attention: the lean steps inline sdpa's
-    assert build("gpt_neox", attention="sdpa", use_parallel_residual=False).lean_decoding
+def test_a_layer_the_lean_steps_do_not_cover_decodes_through_the_library_layer():
+    """GPT-2's reorder_and_upcast_attn (eager attention's other path) has no lean step; greedy
+    decoding through its library layers still equals the library's generate."""
+    model = build("gpt2", reorder_and_upcast_attn=True)
+    assert not model.lean_decoding and build("gpt2").lean_decoding
+    prompt = [5, 17, 3, 9]
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        out = model.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    assert ExitDecoder(model).full(prompt, 8).tokens == out[0, len(prompt):].tolist()
 
 
 def test_a_lean_step_in_training_mode_is_the_library_layer_with_its_dropout():

@@ -12,6 +12,7 @@ tests/test_hf_compat.py pins every adapter against the library's own forward on 
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, Optional
 
 import torch
@@ -83,15 +84,24 @@ def call_layer(layer: nn.Module, slicer: Optional[Callable[[nn.Module], dict[str
         restore()
 
 
-def sdpa_attention(attention: nn.Module) -> Callable[..., torch.Tensor]:
-    """The library's scaled-dot-product attention as `attention` (one of its attention modules)
-    calls it in eval mode, grouped heads handled its way: (query, keys, values, mask) ->
-    [batch, positions, heads, head_dim]. The lean decoding steps (hf_layouts) call it, so their
-    attention is the library's to the bit."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+def library_attention(attention: nn.Module, implementation: str, **extra) -> Optional[Callable[..., torch.Tensor]]:
+    """The library's attention function as `attention` (one of its attention modules) calls it
+    in eval mode under `implementation`, grouped heads handled its way, with the module's own
+    `extra` keywords (Gemma 2's softcap): (query, keys, values, mask) -> [batch, positions,
+    heads, head_dim]. "sdpa" is the library's integration; "eager" the attention module's own
+    modeling file's eager_attention_forward (each model defines its own). None for any other
+    implementation. The lean decoding steps (hf_layouts) call it, so their attention is the
+    library's to the bit."""
+    if implementation == "sdpa":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward as forward
+    elif implementation == "eager":
+        forward = getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)
+        if forward is None:
+            return None
+    else:
+        return None
     scaling = attention.scaling
-    return lambda query, keys, values, mask: sdpa_attention_forward(attention, query, keys, values, mask, dropout=0.0, scaling=scaling)[0]
+    return lambda query, keys, values, mask: forward(attention, query, keys, values, mask, dropout=0.0, scaling=scaling, **extra)[0]
 
 
 # --- the KV cache ---------------------------------------------------------------------------

@@ -202,9 +202,9 @@ class _RotaryStep:
     because a module attribute lookup costs about what a small tensor op does. In training mode
     it calls the library's layer, whose dropout it does not have."""
 
-    def __init__(self, layer: nn.Module, library: LeanStep, cast_last: bool):
+    def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable, cast_last: bool):
         attention, mlp = layer.self_attn, layer.mlp
-        self.layer, self.library, self.attend = layer, library, hf_compat.sdpa_attention(attention)
+        self.layer, self.library, self.attend = layer, library, attend
         self.head_dim, self.index, self.cast_last = attention.head_dim, attention.layer_idx, cast_last
         projection = lambda module: (module.weight, module.bias)  # noqa: E731
         norm = lambda module: (module.weight, module.variance_epsilon)  # noqa: E731
@@ -285,9 +285,9 @@ class _GPT2Step:
     its modules' forwards inlined, holding its parameters as _RotaryStep does; in training mode
     the library's layer (its dropout)."""
 
-    def __init__(self, layer: nn.Module, library: LeanStep):
+    def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable):
         attention, mlp = layer.attn, layer.mlp
-        self.layer, self.library, self.attend, self.act = layer, library, hf_compat.sdpa_attention(attention), mlp.act
+        self.layer, self.library, self.attend, self.act = layer, library, attend, mlp.act
         self.head_dim, self.split, self.index = attention.head_dim, attention.split_size, attention.layer_idx
         conv = lambda module: (module.bias, module.weight, module.weight.shape[1])  # noqa: E731
         self.c_attn, self.c_proj, self.c_fc, self.mlp_proj = (conv(m) for m in (attention.c_attn, attention.c_proj, mlp.c_fc, mlp.c_proj))
@@ -312,9 +312,9 @@ class _NeoXStep:
     or the sequential one), its forward and its modules' forwards inlined, holding its parameters
     as _RotaryStep does; in training mode the library's layer (its dropout)."""
 
-    def __init__(self, layer: nn.Module, library: LeanStep):
+    def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable):
         attention, mlp = layer.attention, layer.mlp
-        self.layer, self.library, self.attend, self.act = layer, library, hf_compat.sdpa_attention(attention), mlp.act
+        self.layer, self.library, self.attend, self.act = layer, library, attend, mlp.act
         self.head_size, self.index, self.parallel = attention.head_size, attention.layer_idx, layer.use_parallel_residual
         projection = lambda module: (module.weight, module.bias)  # noqa: E731
         self.qkv, self.dense = projection(attention.query_key_value), projection(attention.dense)
@@ -342,6 +342,49 @@ class _NeoXStep:
         return mlp(attended) + attended
 
 
+def _gemma_norm(weight: torch.Tensor, epsilon: float, hidden: torch.Tensor) -> torch.Tensor:
+    """Gemma's RMSNorm in its order: float32 throughout, the weight applied as 1 + weight, then the cast back."""
+    x = hidden.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + epsilon)
+    return (x * (1.0 + weight.float())).type_as(hidden)
+
+
+class _Gemma2Step:
+    """A Gemma2DecoderLayer in eval mode (norms before and after attention and MLP, Gemma's
+    RMSNorm, attention logits soft-capped inside the library's eager attention), its forward and
+    its modules' forwards inlined, holding its parameters as _RotaryStep does; in training mode
+    the library's layer (its dropout)."""
+
+    def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable):
+        attention, mlp = layer.self_attn, layer.mlp
+        self.layer, self.library, self.attend, self.act = layer, library, attend, mlp.act_fn
+        self.head_dim, self.index = attention.head_dim, attention.layer_idx
+        projection = lambda module: (module.weight, module.bias)  # noqa: E731
+        self.q, self.k, self.v, self.o = (projection(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.gate, self.up, self.down = (projection(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
+        norm = lambda name: (getattr(layer, name).weight, getattr(layer, name).eps)  # noqa: E731
+        self.norms = [norm(name) for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                                              "post_feedforward_layernorm")]
+
+    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                 cache: "hf_compat.LayerCache") -> torch.Tensor:
+        if self.layer.training:
+            return self.library(hidden, mask, position_embeddings, cache)
+        linear = torch.nn.functional.linear
+        positions = hidden.shape[:-1]
+        heads_shape = (*positions, -1, self.head_dim)
+        before_attention, after_attention, before_mlp, after_mlp = self.norms
+        x = _gemma_norm(*before_attention, hidden)
+        query, keys, values = (linear(x, *p).view(heads_shape).transpose(1, 2) for p in (self.q, self.k, self.v))
+        cos, sin = position_embeddings
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        keys, values = cache.update(_rotate(keys, cos, sin), values, self.index)
+        attended = linear(self.attend(_rotate(query, cos, sin), keys, values, mask).reshape(*positions, -1).contiguous(), *self.o)
+        hidden = hidden + _gemma_norm(*after_attention, attended)
+        x = _gemma_norm(*before_mlp, hidden)
+        return hidden + _gemma_norm(*after_mlp, linear(self.act(linear(x, *self.gate)) * linear(x, *self.up), *self.down))
+
+
 class RotaryDecoder(DecoderLayout):
     """LLaMA's layout and its relatives: model.layers of (self_attn, mlp), rotary tables from
     model.rotary_emb, final model.norm and lm_head. Quirks handled here: Qwen2's q/k/v biases,
@@ -354,8 +397,7 @@ class RotaryDecoder(DecoderLayout):
     model_types = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma2", "phi3")
     layers_path = "model.layers"
     gated_ffn = True  # gate_proj and up_proj (Phi-3: fused as gate_up_proj)
-    # The types lean_step's inlined forward covers; Gemma 2 (four norms, attention soft-capping)
-    # runs the library's layer.
+    # The types _RotaryStep's inlined forward covers (Gemma 2 has a step of its own).
     lean_model_types = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3")
 
     def heads_cuttable(self, hf: nn.Module) -> bool:
@@ -381,9 +423,14 @@ class RotaryDecoder(DecoderLayout):
         return getattr(hf.config, "sliding_window", None)  # every layer (Mistral, Phi-3)
 
     def lean_step(self, layer, config):
-        if config.model_type not in self.lean_model_types or config._attn_implementation != "sdpa":
+        library = lambda *args: self.run_layer(layer, *args)  # noqa: E731
+        if config.model_type == "gemma2":
+            attend = hf_compat.library_attention(layer.self_attn, config._attn_implementation, softcap=layer.self_attn.attn_logit_softcapping)
+            return None if attend is None else _Gemma2Step(layer, library, attend)
+        attend = hf_compat.library_attention(layer.self_attn, config._attn_implementation)
+        if config.model_type not in self.lean_model_types or attend is None:
             return None
-        return _RotaryStep(layer, lambda *args: self.run_layer(layer, *args), cast_last=config.model_type == "olmo2")
+        return _RotaryStep(layer, library, attend, cast_last=config.model_type == "olmo2")
 
     def logits(self, hf, hidden):
         logits = hf.lm_head(hf.model.norm(hidden))
@@ -458,9 +505,12 @@ class GPT2Decoder(DecoderLayout):
             c_fc.nf = full
 
     def lean_step(self, layer, config):
-        if config._attn_implementation != "sdpa" or getattr(layer, "crossattention", None) is not None:
+        # Eager attention with reorder_and_upcast_attn takes another path inside the library's attention.
+        eager_reordered = config._attn_implementation == "eager" and config.reorder_and_upcast_attn
+        attend = hf_compat.library_attention(layer.attn, config._attn_implementation)
+        if attend is None or eager_reordered or getattr(layer, "crossattention", None) is not None:
             return None
-        return _GPT2Step(layer, lambda *args: self.run_layer(layer, *args))
+        return _GPT2Step(layer, lambda *args: self.run_layer(layer, *args), attend)
 
     def logits(self, hf, hidden):
         return hf.lm_head(hf.transformer.ln_f(hidden))
@@ -508,9 +558,8 @@ class NeoXDecoder(DecoderLayout):
         return _plain_rotary(hf.gpt_neox.rotary_emb)
 
     def lean_step(self, layer, config):
-        if config._attn_implementation != "sdpa":
-            return None
-        return _NeoXStep(layer, lambda *args: self.run_layer(layer, *args))
+        attend = hf_compat.library_attention(layer.attention, config._attn_implementation)
+        return None if attend is None else _NeoXStep(layer, lambda *args: self.run_layer(layer, *args), attend)
 
     def logits(self, hf, hidden):
         return hf.lm_head(hf.gpt_neox.final_layer_norm(hidden))
