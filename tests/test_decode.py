@@ -473,6 +473,20 @@ def test_interleaved_rounds_report_median_rates_and_median_per_round_ratios():
     assert other["tokens"] == 30 and other["seconds"] == 3.5 and other["described"] == 1
 
 
+def test_the_pick_and_the_best_fixed_setting_go_by_speed_up():
+    """With interleaved rounds a row's speed-up (the median of its per-round ratios) and its
+    median tokens/s can rank rows differently; the pick follows the speed-up."""
+    from sortednet_cli.decode.bench import _auto_against_fixed, _best_fixed, _pick
+
+    row = lambda label, rate, speedup, **extra: {"mode": "speculative", "label": label, "tokens_per_second": rate,  # noqa: E731
+                                                 "speedup": speedup, "acceptance_rate": 0.5, "identical": True, **extra}
+    rows = [{"mode": "full", "label": "full greedy", "tokens_per_second": 100.0, "speedup": 1.0},
+            row("E=3 K=2", 130.0, 1.25, draft_exit=3, draft_len=2), row("E=3 K=4 W=3", 128.0, 1.30, draft_exit=3, draft_len=4),
+            row("E=3 K=auto", 131.0, 1.20, draft_exit=3, draft_len="auto")]
+    assert _pick(rows)["label"] == "E=3 K=4 W=3" and _best_fixed(rows)["label"] == "E=3 K=4 W=3"
+    assert _auto_against_fixed(rows, _best_fixed(rows))[0]["ratio"] == pytest.approx(1.20 / 1.30)
+
+
 def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts, tmp_path):
     result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4, 1), (2, "auto", 1), (3, 4, 2)],
                           library_exits=[3], temperature=0.8)
