@@ -495,6 +495,9 @@ def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts,
                      "speculative_sampled", "speculative_sampled", "library_greedy",
                      "library_assistant_early_exit"]  # a llama layout: lean steps, so the library-layers row; trees are not sampled
     assert [row["label"] for row in result["rows"] if row["mode"] == "speculative"] == ["E=3 K=4", "E=2 K=auto", "E=3 K=4 W=2"]
+    assert result["new_tokens_per_prompt"] == [16, 16]
+    clipped = bench_decode(trained[0], [prompts[0] * 21], 16, speculative_settings=[(3, 4, 1)])  # 252 of the 256 positions given
+    assert clipped["new_tokens_per_prompt"] == [CONTEXT - len(prompts[0]) * 21] == [4] and clipped["rows"][0]["tokens"] == 4
     sampled = [row for row in result["rows"] if row["mode"] == "speculative_sampled"]
     assert all(0 <= row["acceptance_rate"] <= 1 and row["tokens"] == 32 and row["over_full_sampling"] > 0 for row in sampled)
     assert all(row["identical"] for row in result["rows"] if "identical" in row)

@@ -223,6 +223,7 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
                               "bench.draft_widths=[1,2]", "bench.thresholds=[0.5]", f"hydra.run.dir={tmp_path / 'bench'}"], capsys)
     assert code == 0, err
     decode = json.loads((tmp_path / "bench" / "decode.json").read_text())
+    assert "2 prompts x 10 new tokens," in out and decode["new_tokens_per_prompt"] == [10, 10]
     modes = [row["mode"] for row in decode["rows"]]
     assert modes.count("speculative") == 6 and modes.count("exit") == 2 and "library_assistant_early_exit" in modes
     assert all(row["identical"] for row in decode["rows"] if row["mode"] == "speculative")

@@ -60,8 +60,11 @@ def main(cfg: DictConfig) -> None:
     speculative = [(e, k, w) for w in widths for e in draft_exits for k in OmegaConf.to_container(settings.draft_lens)]
     if settings.auto:
         speculative += [("auto", "auto", w) for w in widths]
+    context = decoder_run.model.config.max_position_embeddings
+    new_tokens = min(settings.max_new_tokens, min(context - len(p) for p in prompts))
+    clipped = f" (bench.max_new_tokens={settings.max_new_tokens} clipped by the model's {context}-token context)" if new_tokens < settings.max_new_tokens else ""
     console.print(f"bench-decode on {decoder_run.run.device} ({cfg.threads or 'default'} threads): {len(prompts)} prompts x "
-                  f"{settings.max_new_tokens} new tokens, {depth}-layer decoder {decoder_run.run.path}", highlight=False)
+                  f"{new_tokens} new tokens{clipped}, {depth}-layer decoder {decoder_run.run.path}", highlight=False)
     if settings.temperature < 0:
         raise UserError(f"bench.temperature must be >= 0 (0: greedy rows only), not {settings.temperature}")
     if settings.rounds < 1:

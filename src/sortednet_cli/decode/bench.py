@@ -115,7 +115,9 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
         best_fixed["breakdown"] = _pooled_breakdown(_measure(
             lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"], draft_width=best_fixed["draft_width"]),
             prompts, max_new_tokens)[1])
+    context = int(model.config.max_position_embeddings)
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers), "rounds": rounds,
+            "new_tokens_per_prompt": [min(max_new_tokens, context - len(p)) for p in prompts],
             "threads": torch.get_num_threads(), "rows": rows, "pick": _pick(rows), "library_unsupported": library_unsupported,
             "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
 
