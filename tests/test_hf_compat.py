@@ -419,3 +419,23 @@ def test_architecture_names_written_before_the_families_merged_still_rebuild(leg
     batch = batch_for(model)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(batch), model(batch))
+
+
+def test_the_lean_steps_bench_covers_every_decoder_type_with_the_same_tokens(tmp_path):
+    """sweeps/lean_steps_bench.py on 2 x 32 models: a row per supported decoder type, each built
+    from its scratch config (what model=decoder model.arch=... trains) with lean steps, whose
+    greedy tokens equal the library layers'."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "LAYERS": "2", "HIDDEN": "32", "NEW": "6", "ROUNDS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "sweeps" / "lean_steps_bench.py"), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "lean_steps_bench.json").read_text())["rows"]
+    assert [row["model_type"] for row in rows] == supported_types(causal=True)
+    assert all(row["lean_steps"] and row["same_tokens"] and row["speedup"] > 0 for row in rows)
