@@ -192,38 +192,65 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return rotated if dim == x.shape[-1] else torch.cat([rotated, x[..., dim:]], dim=-1)
 
 
-class _RotaryStep:
+def _weights(module: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A linear module's (weight, bias), the arguments of F.linear."""
+    return module.weight, module.bias
+
+
+def _layer_norm_arguments(module: nn.Module) -> tuple:
+    """A LayerNorm's (normalized_shape, weight, bias, eps), the arguments of F.layer_norm after the input."""
+    return module.normalized_shape, module.weight, module.bias, module.eps
+
+
+class _LeanStep:
+    """What every lean step shares: the layer, the library's call of it (run in training mode,
+    whose dropout only the library's forward has) and the library's attention function. A step
+    holds the layer's parameters (the same Parameter objects, so in-place updates and dtype or
+    device moves show through; a parameter reassigned afterwards would not), read once at
+    construction because a module attribute lookup costs about what a small tensor op does;
+    `forward` is the layer's eval-mode forward inlined."""
+
+    def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable):
+        self.layer, self.library, self.attend = layer, library, attend
+
+    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                 cache: "hf_compat.LayerCache") -> torch.Tensor:
+        if self.layer.training:
+            return self.library(hidden, mask, position_embeddings, cache)
+        return self.forward(hidden, mask, position_embeddings, cache)
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                cache: "hf_compat.LayerCache") -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _RotaryStep(_LeanStep):
     """A layer of RotaryDecoder's LlamaDecoderLayer family in eval mode, its forward and its
     modules' forwards inlined: pre-norm attention and gated MLP (LLaMA, Mistral, Qwen2), q/k norms
     on each head (Qwen3) or on the whole projection with the norms after attention and MLP
-    instead of before (OLMo2), fused qkv and gate_up projections with partial rotary (Phi-3). It
-    holds the layer's parameters (the same Parameter objects, so in-place updates and dtype or
-    device moves show through; a parameter reassigned afterwards would not), read once here
-    because a module attribute lookup costs about what a small tensor op does. In training mode
-    it calls the library's layer, whose dropout it does not have."""
+    instead of before (OLMo2), fused qkv and gate_up projections with partial rotary (Phi-3)."""
 
     def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable, cast_last: bool):
         attention, mlp = layer.self_attn, layer.mlp
-        self.layer, self.library, self.attend = layer, library, attend
+        super().__init__(layer, library, attend)
         self.head_dim, self.index, self.cast_last = attention.head_dim, attention.layer_idx, cast_last
-        projection = lambda module: (module.weight, module.bias)  # noqa: E731
         norm = lambda module: (module.weight, module.variance_epsilon)  # noqa: E731
-        self.o, self.down = projection(attention.o_proj), projection(mlp.down_proj)
+        self.o, self.down = _weights(attention.o_proj), _weights(mlp.down_proj)
         if hasattr(attention, "qkv_proj"):  # Phi-3: [q; k; v] rows of one projection
-            self.qkv = projection(attention.qkv_proj)
+            self.qkv = _weights(attention.qkv_proj)
             queries = attention.config.num_attention_heads * self.head_dim
             self.qkv_split = (queries, queries + attention.num_key_value_heads * self.head_dim)
         else:
             self.qkv = None
-            self.q, self.k, self.v = (projection(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj"))
+            self.q, self.k, self.v = (_weights(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj"))
         q_norm = getattr(attention, "q_norm", None)
         self.qk_norms = None if q_norm is None else (norm(q_norm), norm(attention.k_norm))
         self.qk_norms_per_head = q_norm is not None and q_norm.weight.numel() == self.head_dim  # Qwen3; OLMo2's span all heads
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: [gate; up] rows of one projection
-            self.gate_up, self.act = projection(mlp.gate_up_proj), mlp.activation_fn
+            self.gate_up, self.act = _weights(mlp.gate_up_proj), mlp.activation_fn
         else:
             self.gate_up, self.act = None, mlp.act_fn
-            self.gate, self.up = projection(mlp.gate_proj), projection(mlp.up_proj)
+            self.gate, self.up = _weights(mlp.gate_proj), _weights(mlp.up_proj)
         self.norms_after = not hasattr(layer, "input_layernorm")  # OLMo2: post-attention and post-feedforward norms
         if self.norms_after:
             self.after_attention, self.after_mlp = norm(layer.post_attention_layernorm), norm(layer.post_feedforward_layernorm)
@@ -253,10 +280,8 @@ class _RotaryStep:
             return linear(up * self.act(gate), *self.down)
         return linear(self.act(linear(x, *self.gate)) * linear(x, *self.up), *self.down)
 
-    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
-                 cache: "hf_compat.LayerCache") -> torch.Tensor:
-        if self.layer.training:
-            return self.library(hidden, mask, position_embeddings, cache)
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                cache: "hf_compat.LayerCache") -> torch.Tensor:
         positions = hidden.shape[:-1]
         x = hidden if self.norms_after else _rms_norm(*self.input_norm, hidden)
         query, keys, values = self._project(x, (*positions, -1, self.head_dim))
@@ -280,24 +305,21 @@ def _conv1d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, width: in
     return torch.addmm(bias, x.view(-1, x.shape[-1]), weight).view(*x.shape[:-1], width)
 
 
-class _GPT2Step:
+class _GPT2Step(_LeanStep):
     """A GPT2Block in eval mode (pre-LayerNorm attention and MLP, fused q/k/v), its forward and
-    its modules' forwards inlined, holding its parameters as _RotaryStep does; in training mode
-    the library's layer (its dropout)."""
+    its modules' forwards inlined."""
 
     def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable):
         attention, mlp = layer.attn, layer.mlp
-        self.layer, self.library, self.attend, self.act = layer, library, attend, mlp.act
+        super().__init__(layer, library, attend)
+        self.act = mlp.act
         self.head_dim, self.split, self.index = attention.head_dim, attention.split_size, attention.layer_idx
         conv = lambda module: (module.bias, module.weight, module.weight.shape[1])  # noqa: E731
         self.c_attn, self.c_proj, self.c_fc, self.mlp_proj = (conv(m) for m in (attention.c_attn, attention.c_proj, mlp.c_fc, mlp.c_proj))
-        norm = lambda module: (module.normalized_shape, module.weight, module.bias, module.eps)  # noqa: E731
-        self.ln_1, self.ln_2 = norm(layer.ln_1), norm(layer.ln_2)
+        self.ln_1, self.ln_2 = _layer_norm_arguments(layer.ln_1), _layer_norm_arguments(layer.ln_2)
 
-    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
-                 cache: "hf_compat.LayerCache") -> torch.Tensor:
-        if self.layer.training:
-            return self.library(hidden, mask, position_embeddings, cache)
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                cache: "hf_compat.LayerCache") -> torch.Tensor:
         layer_norm = torch.nn.functional.layer_norm
         query, keys, values = _conv1d(layer_norm(hidden, *self.ln_1), *self.c_attn).split(self.split, dim=2)
         heads_shape = (*keys.shape[:-1], -1, self.head_dim)
@@ -307,25 +329,21 @@ class _GPT2Step:
         return hidden + _conv1d(self.act(_conv1d(layer_norm(hidden, *self.ln_2), *self.c_fc)), *self.mlp_proj)
 
 
-class _NeoXStep:
+class _NeoXStep(_LeanStep):
     """A GPTNeoXLayer in eval mode (q, k, v fused per head, partial rotary, the parallel residual
-    or the sequential one), its forward and its modules' forwards inlined, holding its parameters
-    as _RotaryStep does; in training mode the library's layer (its dropout)."""
+    or the sequential one), its forward and its modules' forwards inlined."""
 
     def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable):
         attention, mlp = layer.attention, layer.mlp
-        self.layer, self.library, self.attend, self.act = layer, library, attend, mlp.act
+        super().__init__(layer, library, attend)
+        self.act = mlp.act
         self.head_size, self.index, self.parallel = attention.head_size, attention.layer_idx, layer.use_parallel_residual
-        projection = lambda module: (module.weight, module.bias)  # noqa: E731
-        self.qkv, self.dense = projection(attention.query_key_value), projection(attention.dense)
-        self.up, self.down = projection(mlp.dense_h_to_4h), projection(mlp.dense_4h_to_h)
-        norm = lambda module: (module.normalized_shape, module.weight, module.bias, module.eps)  # noqa: E731
-        self.input_norm, self.post_norm = norm(layer.input_layernorm), norm(layer.post_attention_layernorm)
+        self.qkv, self.dense = _weights(attention.query_key_value), _weights(attention.dense)
+        self.up, self.down = _weights(mlp.dense_h_to_4h), _weights(mlp.dense_4h_to_h)
+        self.input_norm, self.post_norm = _layer_norm_arguments(layer.input_layernorm), _layer_norm_arguments(layer.post_attention_layernorm)
 
-    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
-                 cache: "hf_compat.LayerCache") -> torch.Tensor:
-        if self.layer.training:
-            return self.library(hidden, mask, position_embeddings, cache)
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                cache: "hf_compat.LayerCache") -> torch.Tensor:
         linear, layer_norm = torch.nn.functional.linear, torch.nn.functional.layer_norm
         positions = hidden.shape[:-1]
         qkv = linear(layer_norm(hidden, *self.input_norm), *self.qkv).view(*positions, -1, 3 * self.head_size).transpose(1, 2)
@@ -349,27 +367,24 @@ def _gemma_norm(weight: torch.Tensor, epsilon: float, hidden: torch.Tensor) -> t
     return (x * (1.0 + weight.float())).type_as(hidden)
 
 
-class _Gemma2Step:
+class _Gemma2Step(_LeanStep):
     """A Gemma2DecoderLayer in eval mode (norms before and after attention and MLP, Gemma's
     RMSNorm, attention logits soft-capped inside the library's eager attention), its forward and
-    its modules' forwards inlined, holding its parameters as _RotaryStep does; in training mode
-    the library's layer (its dropout)."""
+    its modules' forwards inlined."""
 
     def __init__(self, layer: nn.Module, library: LeanStep, attend: Callable):
         attention, mlp = layer.self_attn, layer.mlp
-        self.layer, self.library, self.attend, self.act = layer, library, attend, mlp.act_fn
+        super().__init__(layer, library, attend)
+        self.act = mlp.act_fn
         self.head_dim, self.index = attention.head_dim, attention.layer_idx
-        projection = lambda module: (module.weight, module.bias)  # noqa: E731
-        self.q, self.k, self.v, self.o = (projection(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        self.gate, self.up, self.down = (projection(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
+        self.q, self.k, self.v, self.o = (_weights(getattr(attention, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.gate, self.up, self.down = (_weights(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
         norm = lambda name: (getattr(layer, name).weight, getattr(layer, name).eps)  # noqa: E731
         self.norms = [norm(name) for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                                               "post_feedforward_layernorm")]
 
-    def __call__(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
-                 cache: "hf_compat.LayerCache") -> torch.Tensor:
-        if self.layer.training:
-            return self.library(hidden, mask, position_embeddings, cache)
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], position_embeddings,
+                cache: "hf_compat.LayerCache") -> torch.Tensor:
         linear = torch.nn.functional.linear
         positions = hidden.shape[:-1]
         heads_shape = (*positions, -1, self.head_dim)
