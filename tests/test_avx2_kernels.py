@@ -1,8 +1,8 @@
 """Regression: oneDNN's AVX2 backward-weights kernel for strided 1x1 convolutions on
 channels_last inputs corrupts the heap (1 thread) or never returns (2 threads) at small channel
 counts. CPUs with AVX-512 pick other kernels, so these tests cap oneDNN at AVX2 with
-ONEDNN_MAX_CPU_ISA, which it reads at start-up: each family's commands run in one subprocess
-(tests/run_commands.py), with a timeout.
+ONEDNN_MAX_CPU_ISA, which it reads at start-up: every family's commands run in one subprocess
+(tests/run_commands.py), which pays the interpreter's start-up once, with a timeout.
 
 Every model family's narrowest sub-models (the narrowest width of each of its pools) go through
 training steps, the grid (BN recalibration, shared evaluation, latency of the extracted
@@ -33,7 +33,7 @@ FAMILIES = ["cpreresnet20", "mobilenetv2", "resnet18", "resnet50"]
 # The ImageNet stem (7x7 stride 2 + max-pool) makes a 32x32 image 8x8 before the first stage:
 # the same convolutions and channel counts at a sixteenth of the work of the CIFAR stem.
 FAMILY_OVERRIDES = {"resnet18": ["model.stem=imagenet"], "resnet50": ["model.stem=imagenet"]}
-TIMEOUT_S = 300  # a family's commands take well under a minute; the broken kernel spins forever
+TIMEOUT_S = 600  # the four families' commands take about a minute or two; the broken kernel spins forever
 
 
 def narrowest_widths(model_name: str) -> list[float]:
@@ -81,13 +81,11 @@ def bench_args(model_name: str, width: float, run_dir: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def avx2_runs(request, tmp_path_factory) -> tuple[str, list[float], Path]:
-    """One family's commands on AVX2 kernels: a training run per narrowest width (each ends with
-    the grid: recalibration, shared evaluation; at the narrowest also the latency of extracted
-    networks), the naive grid and an export of the narrowest, and the bench at the narrowest width."""
-    model_name = request.param
-    root = tmp_path_factory.mktemp(f"avx2_{model_name}")
+def family_commands(model_name: str, root: Path) -> tuple[list[float], list[list[str]]]:
+    """One family's commands on AVX2 kernels, run in `root`: a training run per narrowest width
+    (each ends with the grid: recalibration, shared evaluation; at the narrowest also the latency
+    of extracted networks), the naive grid and an export of the narrowest, and the bench at the
+    narrowest width. Returns the widths and the commands."""
     widths = narrowest_widths(model_name)
     narrowest = root / f"w{widths[0]}"
     # the extracted networks are timed (forward passes of 1 and 256 images) at the narrowest width
@@ -100,8 +98,26 @@ def avx2_runs(request, tmp_path_factory) -> tuple[str, list[float], Path]:
          "eval.calib_examples=32", f"hydra.run.dir={root / 'export'}"],
         bench_args(model_name, widths[0], root / "bench"),
     ]
+    return widths, commands
+
+
+@pytest.fixture(scope="module")
+def avx2_families(tmp_path_factory) -> dict[str, tuple[list[float], Path]]:
+    """Every family's commands, one after another in one AVX2 subprocess: family -> (widths, root)."""
+    root = tmp_path_factory.mktemp("avx2")
+    runs, commands = {}, []
+    for model_name in FAMILIES:
+        widths, family = family_commands(model_name, root / model_name)
+        runs[model_name] = widths, root / model_name
+        commands += family
     run_avx2(commands, root)
-    return model_name, widths, root
+    return runs
+
+
+@pytest.fixture(params=FAMILIES)
+def avx2_runs(request, avx2_families) -> tuple[str, list[float], Path]:
+    """One family's part of the AVX2 run: (family, its narrowest widths, its run root)."""
+    return request.param, *avx2_families[request.param]
 
 
 def test_narrowest_sub_models_train_and_evaluate_on_avx2_kernels(avx2_runs):
