@@ -154,6 +154,49 @@ def test_tree_speculation_is_token_identical_to_full_greedy(decoder, prompts, gr
     assert off_first_child > 0 or draft_exit == 3  # exit 3 of 4 agrees nearly always: its chains are accepted whole
 
 
+def stopped_rounds(model, prompt: list[int], new_tokens: int, draft_exit: int, draft_len: int, stop: float) -> tuple[list[int], list[int], int]:
+    """Greedy self-speculation with a confidence stop, recomputed from scratch (no cache): each
+    round drafts from the exit while its top probability is at least `stop` (at most draft_len),
+    then the full model's argmax after each position decides. Returns (tokens, drafts per round,
+    rounds the stop cut short)."""
+    tokens, lengths, cut = [], [], 0
+    with torch.no_grad():
+        while len(tokens) < new_tokens:
+            drafts = []
+            while len(drafts) < min(draft_len, new_tokens - len(tokens) - 1):
+                exit_logits = model(TokenBatch(torch.tensor([prompt + tokens + drafts])), SubModel(1.0, (draft_exit,)))[0, -1]
+                if float(torch.softmax(exit_logits, -1).max()) < stop:
+                    cut += 1
+                    break
+                drafts.append(int(exit_logits.argmax()))
+            full = model(TokenBatch(torch.tensor([prompt + tokens + drafts])))[0, -len(drafts) - 1:].argmax(-1).tolist()
+            agreed = 0
+            while agreed < len(drafts) and drafts[agreed] == full[agreed]:
+                agreed += 1
+            tokens += drafts[:agreed] + [full[agreed]]
+            lengths.append(len(drafts))
+    return tokens, lengths, cut
+
+
+def test_a_confidence_stop_drafts_exactly_while_the_exit_is_sure(trained, decoder, prompts, greedy):
+    """draft_stop: every round's drafts are those a from-scratch recomputation makes (drafting
+    while the exit's top probability is at least the stop, at most draft_len), and the output is
+    full greedy's. A stop near 1 drafts nothing (plain full decoding); a stop near 0 drafts the
+    full length."""
+    model = trained[0]
+    for i, prompt in enumerate(prompts):
+        for draft_exit, stop in ((1, 0.5), (3, 0.6), (3, 0.9)):
+            result = decoder.speculative(prompt, 40, draft_exit, 6, draft_stop=stop)
+            expected, lengths, cut = stopped_rounds(model, prompt, 40, draft_exit, 6, stop)
+            assert result.tokens == expected == greedy[i, 40], (i, draft_exit, stop)
+            assert result.stats["draft_lengths"] == lengths and result.stats["drafted"] == sum(lengths)
+            assert result.stats["draft_stop"] == stop and 0 < cut < len(lengths)  # some rounds cut short, not all
+        nothing = decoder.speculative(prompt, 40, 3, 6, draft_stop=0.999999).stats
+        assert nothing["drafted"] == 0 and nothing["rounds"] == 40
+        assert decoder.speculative(prompt, 40, 3, 6, draft_stop=1e-9).stats["draft_lengths"] == decoder.speculative(prompt, 40, 3, 6).stats["draft_lengths"]
+        assert decoder.speculative(prompt, 40, "auto", "auto", draft_stop=0.5).tokens == greedy[i, 40]
+
+
 def test_a_draft_tree_grows_by_cumulative_probability_and_masks_all_but_ancestors():
     """Three tokens, width 2: level 1 holds the root's top two; level 2 the two best (parent,
     token) pairs by summed log-probability, both children of the first node here; each node's
@@ -405,6 +448,18 @@ def test_speculative_sampling_is_distributed_as_the_full_model():
     top3 = set(torch.topk(logits[0, 1], 3).indices.tolist())
     firsts = {decoder.speculative([1, 5], 2, 1, 1, temperature=1.0, top_k=3, seed=seed).tokens[0] for seed in range(60)}
     assert firsts <= top3 and len(firsts) > 1
+    # A confidence stop reads only the draft's own distribution: the same distributions.
+    counts = torch.zeros(2, vocab)
+    lengths = []
+    for seed in range(SAMPLED_RUNS):
+        result = decoder.speculative([1, 5], 3, 1, 2, temperature=1.0, seed=seed, draft_stop=0.3)
+        counts[0, result.tokens[0]] += 1
+        counts[1, result.tokens[2]] += 1
+        lengths += result.stats["draft_lengths"]
+    empirical = counts / SAMPLED_RUNS
+    assert 0.5 * (empirical[0] - first).abs().sum() < 0.08
+    assert 0.5 * (empirical[1] - third).abs().sum() < 0.08
+    assert set(lengths) == {0, 1, 2}  # some rounds stopped before their first or second draft
     again = decoder.speculative([1, 5], 3, 1, 2, temperature=1.0, seed=7).tokens
     assert decoder.speculative([1, 5], 3, 1, 2, temperature=1.0, seed=7).tokens == again  # seeded
 
@@ -429,6 +484,10 @@ def test_speculative_sampling_is_distributed_as_the_full_model():
     lambda d, p: d.speculative(p, 5, 2, 2, draft_width=0),
     lambda d, p: d.speculative(p, 5, 2, 2, draft_width="wide"),
     lambda d, p: d.speculative(p, 5, 2, 2, temperature=0.8, draft_width=2),
+    lambda d, p: d.speculative(p, 5, 2, 2, draft_stop=1.0),
+    lambda d, p: d.speculative(p, 5, 2, 2, draft_stop=-0.1),
+    lambda d, p: d.speculative(p, 5, 2, 2, draft_stop="sure"),
+    lambda d, p: d.speculative(p, 5, 2, 2, draft_width=2, draft_stop=0.5),
 ])
 def test_bad_input_is_a_user_error(decoder, prompts, call):
     with pytest.raises(UserError) as info:
@@ -488,15 +547,16 @@ def test_the_pick_and_the_best_fixed_setting_go_by_speed_up():
 
 
 def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts, tmp_path):
-    result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4, 1), (2, "auto", 1), (3, 4, 2)],
+    result = bench_decode(trained[0], prompts[:2], 16, exits=[2], thresholds=[0.5], speculative_settings=[(3, 4, 1, 0.0), (2, "auto", 1, 0.0), (3, 4, 2, 0.0), (3, 8, 1, 0.5)],
                           library_exits=[3], temperature=0.8)
     modes = [row["mode"] for row in result["rows"]]
-    assert modes == ["full", "full_library_layers", "exit", "early_exit", "speculative", "speculative", "speculative", "full_sampled",
-                     "speculative_sampled", "speculative_sampled", "library_greedy",
+    assert modes == ["full", "full_library_layers", "exit", "early_exit", "speculative", "speculative", "speculative", "speculative",
+                     "full_sampled", "speculative_sampled", "speculative_sampled", "speculative_sampled", "library_greedy",
                      "library_assistant_early_exit"]  # a llama layout: lean steps, so the library-layers row; trees are not sampled
-    assert [row["label"] for row in result["rows"] if row["mode"] == "speculative"] == ["E=3 K=4", "E=2 K=auto", "E=3 K=4 W=2"]
+    assert [row["label"] for row in result["rows"] if row["mode"] == "speculative"] == ["E=3 K=4", "E=2 K=auto", "E=3 K=4 W=2", "E=3 K=8 stop=0.5"]
+    assert [row["label"] for row in result["rows"] if row["mode"] == "speculative_sampled"][-1] == "E=3 K=8 stop=0.5, sampled T=0.8"
     assert result["new_tokens_per_prompt"] == [16, 16]
-    clipped = bench_decode(trained[0], [prompts[0] * 21], 16, speculative_settings=[(3, 4, 1)])  # 252 of the 256 positions given
+    clipped = bench_decode(trained[0], [prompts[0] * 21], 16, speculative_settings=[(3, 4, 1, 0.0)])  # 252 of the 256 positions given
     assert clipped["new_tokens_per_prompt"] == [CONTEXT - len(prompts[0]) * 21] == [4] and clipped["rows"][0]["tokens"] == 4
     sampled = [row for row in result["rows"] if row["mode"] == "speculative_sampled"]
     assert all(0 <= row["acceptance_rate"] <= 1 and row["tokens"] == 32 and row["over_full_sampling"] > 0 for row in sampled)

@@ -278,7 +278,7 @@ def test_bench_decode_runs_on_every_layout(model_type):
     cannot run (GPT-2), the bench says so instead of failing."""
     from sortednet_cli.decode.bench import bench_decode
 
-    result = bench_decode(build(model_type), [[5, 17, 3, 9]], 8, [1, 2], [0.9], [(1, 2, 1), (2, "auto", 1), (1, 2, 2)], [1, 2])
+    result = bench_decode(build(model_type), [[5, 17, 3, 9]], 8, [1, 2], [0.9], [(1, 2, 1, 0.0), (2, "auto", 1, 0.0), (1, 2, 2, 0.0), (1, 4, 1, 0.3)], [1, 2])
     assert all(row["identical"] for row in result["rows"] if "identical" in row)
     labels = [row["label"] for row in result["rows"]]
     if model_type == "gpt2":

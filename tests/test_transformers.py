@@ -202,20 +202,21 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
     result = text_run("llama", "pool=exits_tiny", "trainer.max_steps=40", "data.eval_windows=10", "optim.lr=3e-3")
     checkpoint = f"checkpoint={result.run_dir}"
     outputs = {}
-    for mode in ("full", "exit", "early_exit", "speculative", "speculative generate.draft_width=3"):
-        name = "tree" if "draft_width" in mode else mode
+    for mode in ("full", "exit", "early_exit", "speculative", "speculative generate.draft_width=3", "speculative generate.draft_stop=0.5"):
+        name = "tree" if "draft_width" in mode else "stop" if "draft_stop" in mode else mode
         code, out, err = run_cli(["generate", checkpoint, "prompt=ROMEO:", f"generate.mode={mode.split()[0]}", *mode.split()[1:],
                                   "generate.max_new_tokens=12", "generate.threshold=0.5", f"hydra.run.dir={tmp_path / name}"], capsys)
         assert code == 0, err
         outputs[name] = json.loads((tmp_path / name / "generation.json").read_text())
         assert out.startswith("ROMEO:") and "tokens/s" in out
-    assert outputs["speculative"]["tokens"] == outputs["full"]["tokens"] == outputs["tree"]["tokens"]  # lossless
-    assert outputs["tree"]["stats"]["draft_width"] == 3
+    assert outputs["speculative"]["tokens"] == outputs["full"]["tokens"] == outputs["tree"]["tokens"] == outputs["stop"]["tokens"]  # lossless
+    assert outputs["tree"]["stats"]["draft_width"] == 3 and outputs["stop"]["stats"]["draft_stop"] == 0.5
     assert "acceptance" in json.dumps(outputs["speculative"]["stats"])
     for bad, message in (("generate.mode=exit generate.exit=3", "1..2"), ("generate.mode=speculative generate.draft_len=0", "draft_len"),
                          ("prompt='ROMEO~'", "never seen"), ("generate.mode=early_exit generate.temperature=0.7", "greedy"),
                          ("prompt=" + "ROMEO:" * 6, "fills the model's context"),
-                         ("generate.mode=speculative generate.draft_width=2 generate.temperature=0.7", "verified greedily")):
+                         ("generate.mode=speculative generate.draft_width=2 generate.temperature=0.7", "verified greedily"),
+                         ("generate.mode=speculative generate.draft_stop=1.5", "draft_stop must be a probability in [0, 1)")):
         code, out, err = run_cli(["generate", checkpoint, *bad.split(), f"hydra.run.dir={tmp_path / 'bad'}"], capsys)
         assert code == 2 and message in err and "Traceback" not in err
 
@@ -225,13 +226,14 @@ def test_generate_and_bench_decode_through_the_cli(text_run, tmp_path, capsys):
     decode = json.loads((tmp_path / "bench" / "decode.json").read_text())
     assert "2 prompts x 10 new tokens," in out and decode["new_tokens_per_prompt"] == [10, 10]
     modes = [row["mode"] for row in decode["rows"]]
-    assert modes.count("speculative") == 6 and modes.count("exit") == 2 and "library_assistant_early_exit" in modes
+    assert modes.count("speculative") == 9 and modes.count("exit") == 2 and "library_assistant_early_exit" in modes  # chains at stops 0 and 0.5
     assert all(row["identical"] for row in decode["rows"] if row["mode"] == "speculative")
-    assert [entry["label"] for entry in decode["auto_against_fixed"]] == ["E=1 K=auto", "E=1 K=auto W=2", "E=auto K=auto", "E=auto K=auto W=2"]
+    assert [entry["label"] for entry in decode["auto_against_fixed"]] == ["E=1 K=auto", "E=1 K=auto stop=0.5", "E=1 K=auto W=2", "E=auto K=auto",
+                                                                          "E=auto K=auto stop=0.5", "E=auto K=auto W=2"]
     assert decode["rows"][0]["breakdown"]["ms_per_token"]["verify"] > 0
     assert (tmp_path / "bench" / "decode.png").is_file() and decode["pick"]["label"]
     for bad, message in (("bench.temperature=-1", "bench.temperature must be >= 0"), ("bench.rounds=0", "bench.rounds must be >= 1"),
-                         ("bench.draft_widths=[0]", "bench.draft_widths must be")):
+                         ("bench.draft_widths=[0]", "bench.draft_widths must be"), ("bench.draft_stops=[0,1]", "bench.draft_stops must be")):
         code, out, err = run_cli(["bench-decode", checkpoint, bad, f"hydra.run.dir={tmp_path / 'bad_bench'}"], capsys)
         assert code == 2 and message in err and "Traceback" not in err
 

@@ -304,6 +304,7 @@ class GenerateSettings:
     draft_exit: Any = None  # mode=speculative: the layers that draft, auto (chosen every round), or null (a quarter of the depth)
     draft_len: Any = "auto"  # tokens drafted per verification, or auto (chosen every round from measured cost and acceptance)
     draft_width: int = 1  # 1: a chain of drafts; more: a tree, this many drafts per level and draft_len levels (greedy only)
+    draft_stop: float = 0.0  # > 0 (chains): a round stops drafting where the exit's top probability is below this; draft_len is then the most
     chat: bool = False  # render the prompt as a user turn through the run's instruction template (stops at end of sequence)
     system: Optional[str] = None  # chat=true: a system turn before the prompt
 
@@ -329,6 +330,7 @@ class BenchDecodeSettings:
     draft_exits: Optional[List[int]] = None  # null: about a quarter, a third and half of the depth
     draft_lens: List[Any] = field(default_factory=lambda: [2, 4, 8, "auto"])
     draft_widths: List[int] = field(default_factory=lambda: [1, 3])  # each setting as a chain (1) and as a tree of each width
+    draft_stops: List[float] = field(default_factory=lambda: [0.0, 0.5])  # each chain at each draft_stop (0: drafts of the full length)
     auto: bool = True  # also draft_exit=auto with draft_len=auto, set against the best fixed setting
     library_exits: Optional[List[int]] = None  # transformers' assistant_early_exit; null: the draft exits
     temperature: float = 0.0  # > 0: also full and self-speculative sampling at this temperature

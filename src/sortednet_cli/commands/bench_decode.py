@@ -57,9 +57,13 @@ def main(cfg: DictConfig) -> None:
     widths = list(settings.draft_widths)
     if not widths or any(w < 1 for w in widths):
         raise UserError(f"bench.draft_widths must be a list of ints >= 1 (1: a chain of drafts, more: a tree), not {widths}")
-    speculative = [(e, k, w) for w in widths for e in draft_exits for k in OmegaConf.to_container(settings.draft_lens)]
+    stops = list(settings.draft_stops)
+    if not stops or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1 for v in stops):
+        raise UserError(f"bench.draft_stops must be a list of probabilities in [0, 1) (0: drafts of the full length), not {stops}")
+    chains_at = lambda w: stops if w == 1 else [0.0]  # noqa: E731  (a stop ends a chain; trees keep their depth)
+    speculative = [(e, k, w, s) for w in widths for s in chains_at(w) for e in draft_exits for k in OmegaConf.to_container(settings.draft_lens)]
     if settings.auto:
-        speculative += [("auto", "auto", w) for w in widths]
+        speculative += [("auto", "auto", w, s) for w in widths for s in chains_at(w)]
     context = decoder_run.model.config.max_position_embeddings
     new_tokens = min(settings.max_new_tokens, min(context - len(p) for p in prompts))
     clipped = f" (bench.max_new_tokens={settings.max_new_tokens} clipped by the model's {context}-token context)" if new_tokens < settings.max_new_tokens else ""

@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> None:
     else:
         draft_exit = settings.draft_exit if settings.draft_exit is not None else max(1, depth // 4)
         result = decoder.speculative(prompt_ids, n, draft_exit, settings.draft_len, settings.temperature, settings.top_k, settings.seed,
-                                     eos_id=eos_id, draft_width=settings.draft_width)
+                                     eos_id=eos_id, draft_width=settings.draft_width, draft_stop=settings.draft_stop)
     stats = dict(result.stats)
     if mode == "early_exit" or (mode == "exit" and settings.temperature == 0):
         stats["agreement"] = teacher_forced_agreement(decoder_run.model, prompt_ids, result.tokens)

@@ -67,12 +67,13 @@ class _Case:
 
 
 def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, exits: Sequence[int] = (),
-                 thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen, int]] = (),
+                 thresholds: Sequence[float] = (), speculative_settings: Sequence[tuple[DraftExit, DraftLen, int, float]] = (),
                  library_exits: Sequence[int] = (), temperature: float = 0.0, rounds: int = 1) -> dict:
     """Rows for full greedy (the reference), the same through the library's layer modules where
     the layout has lean decoding steps (models/hf_layouts.py), each exit alone, early exit at each threshold,
-    self-speculation at each (draft exit, draft length, draft width; the first two may be "auto",
-    a width above 1 drafts a tree), and transformers'
+    self-speculation at each (draft exit, draft length, draft width, draft stop; the first two may
+    be "auto", a width above 1 drafts a tree, a stop above 0 ends a chain at the first draft the
+    exit is less sure of), and transformers'
     greedy and assistant_early_exit at each exit (library defaults for its draft length); each
     with speedup = its tokens/s over full greedy's. With `rounds` > 1 every row is measured once
     per round, the rows interleaved, and tokens_per_second is the median over the rounds and
@@ -113,7 +114,8 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     best_fixed = _best_fixed(rows)
     if best_fixed is not None:
         best_fixed["breakdown"] = _pooled_breakdown(_measure(
-            lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"], draft_width=best_fixed["draft_width"]),
+            lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"], draft_width=best_fixed["draft_width"],
+                                           draft_stop=best_fixed["draft_stop"]),
             prompts, max_new_tokens)[1])
     context = int(model.config.max_position_embeddings)
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers), "rounds": rounds,
@@ -122,25 +124,26 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
             "auto_against_fixed": _auto_against_fixed(rows, best_fixed)}
 
 
-def _speculative_cases(decoder: ExitDecoder, settings: Sequence[tuple[DraftExit, DraftLen, int]], temperature: float,
+def _speculative_cases(decoder: ExitDecoder, settings: Sequence[tuple[DraftExit, DraftLen, int, float]], temperature: float,
                        identical: Callable[[list[Generation]], dict]) -> list[_Case]:
-    """A greedy row per (exit, length, width) setting; with a temperature, full sampling and each
-    chain setting sampled at it."""
-    cases = [_Case({"mode": "speculative", "label": _label(e, k, w), "draft_exit": e, "draft_len": k, "draft_width": w},
-                   lambda p, n, e=e, k=k, w=w: decoder.speculative(p, n, e, k, draft_width=w),
+    """A greedy row per (exit, length, width, stop) setting; with a temperature, full sampling and
+    each chain setting sampled at it."""
+    cases = [_Case({"mode": "speculative", "label": _label(e, k, w, s), "draft_exit": e, "draft_len": k, "draft_width": w, "draft_stop": s},
+                   lambda p, n, e=e, k=k, w=w, s=s: decoder.speculative(p, n, e, k, draft_width=w, draft_stop=s),
                    lambda runs: {**_speculative_fields(runs), **identical(runs)})
-             for e, k, w in settings]
+             for e, k, w, s in settings]
     if temperature > 0:
         cases.append(_Case({"mode": "full_sampled", "label": f"full, sampled T={temperature:g}", "temperature": temperature},
                            lambda p, n: decoder.full(p, n, temperature=temperature)))
-        cases += [_Case({"mode": "speculative_sampled", "label": f"E={e} K={k}, sampled T={temperature:g}", "draft_exit": e, "draft_len": k,
-                         "temperature": temperature}, lambda p, n, e=e, k=k: decoder.speculative(p, n, e, k, temperature=temperature),
-                        _speculative_fields) for e, k, w in settings if w == 1]
+        cases += [_Case({"mode": "speculative_sampled", "label": f"{_label(e, k, w, s)}, sampled T={temperature:g}", "draft_exit": e,
+                         "draft_len": k, "draft_stop": s, "temperature": temperature},
+                        lambda p, n, e=e, k=k, s=s: decoder.speculative(p, n, e, k, temperature=temperature, draft_stop=s),
+                        _speculative_fields) for e, k, w, s in settings if w == 1]
     return cases
 
 
-def _label(draft_exit: DraftExit, draft_len: DraftLen, width: int) -> str:
-    return f"E={draft_exit} K={draft_len}" + (f" W={width}" if width > 1 else "")
+def _label(draft_exit: DraftExit, draft_len: DraftLen, width: int, stop: float = 0.0) -> str:
+    return f"E={draft_exit} K={draft_len}" + (f" W={width}" if width > 1 else "") + (f" stop={stop:g}" if stop else "")
 
 
 def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_tokens: int, rounds: int) -> list[dict]:

@@ -542,7 +542,7 @@ class ExitDecoder:
     @torch.inference_mode()
     def speculative(self, prompt_ids: Sequence[int], max_new_tokens: int, draft_exit: DraftExit = AUTO, draft_len: DraftLen = AUTO,
                     temperature: float = 0.0, top_k: Optional[int] = None, seed: int = 0, eos_id: Optional[int] = None,
-                    draft_width: int = 1) -> Generation:
+                    draft_width: int = 1, draft_stop: float = 0.0) -> Generation:
         """Lossless self-speculative decoding: exit `draft_exit` drafts, the full model verifies
         (see `_speculative_round`). Greedy at temperature 0 (token-identical to full greedy);
         otherwise sampled by the speculative-sampling rule, distributed exactly as sampling the
@@ -551,9 +551,11 @@ class ExitDecoder:
         in this generation and the acceptance estimated per exit (AcceptanceEstimates); a length
         of 0 is a step of plain full decoding. `draft_width` > 1 (greedy only) drafts a tree,
         `draft_width` nodes per level and `draft_len` levels deep (`_tree_round`); acceptance is
-        then counted per level."""
+        then counted per level. `draft_stop` > 0 (chains only) ends a round's drafting early, at
+        the first position where the exit's top probability is below it (Draft & Verify's
+        adaptive draft-exiting): `draft_len` is then the most a round drafts."""
         warp = sampling_warp(temperature, top_k)
-        exits, lengths = self._draft_choices(draft_exit, draft_len, draft_width, warp)
+        exits, lengths = self._draft_choices(draft_exit, draft_len, draft_width, warp, draft_stop)
         prompt, limit = self._begin(prompt_ids, max_new_tokens, spare=max(lengths) * draft_width if draft_width > 1 else 0)
         generator = None if warp is None else torch.Generator(device=self.device).manual_seed(seed)
         choosing = len(exits) > 1 or len(lengths) > 1
@@ -572,7 +574,7 @@ class ExitDecoder:
             if draft_width > 1:
                 new, agreed = self._tree_round(inputs, exit, length, draft_width)
             else:
-                new, agreed = self._speculative_round(inputs, exit, length, warp, generator)
+                new, agreed, length = self._speculative_round(inputs, exit, length, warp, generator, draft_stop)
             if estimates is not None and length:
                 estimates.add(exit, agreed, agreed + (agreed < length))  # tested up to the first rejection
             rounds, drafted, accepted = rounds + 1, drafted + length, accepted + agreed
@@ -585,7 +587,7 @@ class ExitDecoder:
                 break
             tokens.extend(new)
             inputs = new[-1:]
-        extra = {"draft_exit": draft_exit, "draft_len": draft_len, "draft_width": draft_width, "rounds": rounds, "drafted": drafted, "accepted": accepted,
+        extra = {"draft_exit": draft_exit, "draft_len": draft_len, "draft_width": draft_width, "draft_stop": draft_stop, "rounds": rounds, "drafted": drafted, "accepted": accepted,
                  "acceptance_rate": accepted / drafted if drafted else None,
                  "tokens_per_verification": len(tokens) / rounds if rounds else 0.0, "draft_lengths": draft_lengths}
         if draft_exit == AUTO:
@@ -596,7 +598,8 @@ class ExitDecoder:
             extra.update(temperature=temperature, top_k=top_k, seed=seed)
         return self._finish("speculative", tokens, started, max_new_tokens, eos_id, **extra)
 
-    def _draft_choices(self, draft_exit: DraftExit, draft_len: DraftLen, draft_width: int, warp: Optional[Warp]) -> tuple[list[int], list[int]]:
+    def _draft_choices(self, draft_exit: DraftExit, draft_len: DraftLen, draft_width: int, warp: Optional[Warp],
+                       draft_stop: float) -> tuple[list[int], list[int]]:
         """The checked draft settings: the exits and the lengths a round may take."""
         exits = list(range(1, self.num_layers)) if draft_exit == AUTO else [draft_exit]
         if draft_exit != AUTO:
@@ -611,6 +614,10 @@ class ExitDecoder:
             raise UserError(f"draft_width must be an int >= 1, not {draft_width!r}")
         if draft_width > 1 and warp is not None:
             raise UserError("a draft tree (draft_width > 1) is verified greedily: sample (temperature > 0) with draft_width=1")
+        if not is_number(draft_stop) or not 0 <= draft_stop < 1:
+            raise UserError(f"draft_stop must be a probability in [0, 1) (0: drafts of the full length), not {draft_stop!r}")
+        if draft_stop > 0 and draft_width > 1:
+            raise UserError("draft_stop ends a chain of drafts: use it with draft_width=1")
         return exits, lengths
 
     def _prefill(self, ids: list[int], estimates: Optional[AcceptanceEstimates], warp: Optional[Warp], width: int) -> None:
@@ -649,14 +656,17 @@ class ExitDecoder:
         return exit, length
 
     def _speculative_round(self, inputs: list[int], draft_exit: int, length: int, warp: Optional[Warp],
-                           generator: Optional[torch.Generator]) -> tuple[list[int], int]:
-        """One round; returns (new tokens, accepted drafts). On entry every layer's cache holds
+                           generator: Optional[torch.Generator], draft_stop: float = 0.0) -> tuple[list[int], int, int]:
+        """One round; returns (new tokens, accepted drafts, drafts). On entry every layer's cache holds
         the same accepted prefix and `inputs` (the prompt's last token, then the previous round's
         last token) have no keys/values anywhere.
 
         Draft: the inputs, then each drafted token, go through layers < draft_exit (writing their
         keys/values there) and wait at the exit; the exit's token (greedy, or drawn from its warped
-        distribution q) is the next draft. The last draft is pushed through the draft layers too,
+        distribution q) is the next draft, unless the exit's top probability (of q when sampling)
+        is below `draft_stop`: drafting then ends there, after fewer than `length` drafts (a rule
+        that reads only the draft's own distribution, so acceptance stays exact). The last draft
+        is pushed through the draft layers too,
         without a head, so verification also scores it. Verify: everything waiting at the exit
         goes through layers >= draft_exit in one batched call per layer, giving the full model's
         next-token logits after each of the last length + 1 positions. Greedy: the longest prefix
@@ -667,7 +677,8 @@ class ExitDecoder:
         follows -- so every token is distributed as the full model's (Leviathan et al. 2023,
         Chen et al. 2023). Every layer is then cropped to the accepted prefix, so the draft layers'
         keys/values of accepted tokens are kept and reused by the verifier: each layer runs once
-        per token. The drafts stay on the device; the round reads back once."""
+        per token. The drafts stay on the device; the round reads back once (and once per draft
+        with `draft_stop`)."""
         base = self.fed
         self._embed(self._ids(inputs))
         self._climb(0, draft_exit, "draft")
@@ -675,14 +686,19 @@ class ExitDecoder:
         draft_probabilities: list[torch.Tensor] = []
         for _ in range(length):
             logits = self._logits(draft_exit, 1)
+            probabilities = None if warp is None and not draft_stop else (
+                torch.softmax(logits.float(), dim=-1) if warp is None else warp.probabilities(logits))
+            if draft_stop and float(probabilities.max()) < draft_stop:
+                break
             if warp is None:
                 token = logits.argmax(-1)
             else:
-                draft_probabilities.append(warp.probabilities(logits))
-                token = torch.multinomial(draft_probabilities[-1], 1, generator=generator)[:, 0]
+                draft_probabilities.append(probabilities)
+                token = torch.multinomial(probabilities, 1, generator=generator)[:, 0]
             drafts.append(token)
             self._embed(token.view(1, 1))
             self._climb(0, draft_exit, "draft")
+        length = len(drafts)
         self._climb(draft_exit, self.num_layers, "verify")
         logits = self._logits(self.num_layers, length + 1)
         self.waiting[self.num_layers] = []
@@ -698,7 +714,7 @@ class ExitDecoder:
         self.fed = base + len(inputs) + agreed
         for index in range(self.num_layers):
             self.cache.crop(index, self.fed)
-        return new, agreed
+        return new, agreed, length
 
     def _tree_round(self, inputs: list[int], draft_exit: int, depth: int, width: int) -> tuple[list[int], int]:
         """One greedy round over a tree of drafts (decode/tree.py); returns (new tokens, accepted
