@@ -514,22 +514,37 @@ def test_the_library_baselines_refuse_a_bad_request_with_the_exit_decoders_line(
         decoder.speculative(prompts[0], 5, 2, True)
 
 
-def test_interleaved_rounds_report_median_rates_and_median_per_round_ratios():
-    """bench.rounds: each row's tokens/s is the median over the rounds, its speed-up the median of
-    its per-round ratios to the reference (here 2x, though the two medians are equal)."""
+def test_interleaved_rounds_report_median_rates_and_median_paired_ratios():
+    """bench.rounds: a row's tokens/s is the median over the rounds of a round's rate, its speed-up
+    the median over (round, prompt) of its rate over the reference's on the same prompt in the
+    same round; each case warms up once, then every prompt goes through every case in turn."""
     from sortednet_cli.decode.bench import _Case, _measure_interleaved
 
-    def runner(seconds_per_round: list[float]):
-        calls = iter(s for s in seconds_per_round for _ in range(2))  # each round: a warm-up, then the one prompt
-        return lambda prompt, n: Generation([0] * n, {"seconds": next(calls)})
+    order = []
 
-    cases = [_Case({"mode": "full", "label": "reference"}, runner([1.0, 2.0, 1.0])),
-             _Case({"mode": "speculative", "label": "other"}, runner([0.5, 1.0, 2.0]), lambda runs: {"described": len(runs)})]
+    def runner(name: str, seconds: list[float]):
+        calls = iter([0.1, *seconds])  # the warm-up, then one call per round and prompt
+
+        def run(prompt, n):
+            order.append((name, prompt[0]))
+            return Generation([0] * n, {"seconds": next(calls)})
+        return run
+
+    cases = [_Case({"mode": "full", "label": "reference"}, runner("ref", [1.0, 2.0, 1.0])),
+             _Case({"mode": "speculative", "label": "other"}, runner("other", [0.5, 1.0, 2.0]), lambda runs: {"described": len(runs)})]
     reference, other = _measure_interleaved(cases, [[1, 2]], 10, rounds=3)
     assert reference["round_tokens_per_second"] == [10.0, 5.0, 10.0] and reference["tokens_per_second"] == 10.0
     assert other["round_tokens_per_second"] == [20.0, 10.0, 5.0] and other["tokens_per_second"] == 10.0
-    assert other["speedup"] == 2.0 and reference["speedup"] == 1.0
+    assert other["speedup"] == 2.0 and reference["speedup"] == 1.0  # pairs 2, 2, 0.5
     assert other["tokens"] == 30 and other["seconds"] == 3.5 and other["described"] == 1
+    # one round over three prompts: the last prompt ran slow for `other` alone; the paired median
+    # says 2x where the totals would say 0.5x
+    order.clear()
+    cases = [_Case({"mode": "full", "label": "reference"}, runner("ref", [1.0, 1.0, 1.0])),
+             _Case({"mode": "speculative", "label": "other"}, runner("other", [0.5, 0.5, 5.0]))]
+    reference, other = _measure_interleaved(cases, [[7], [8], [9]], 10, rounds=1)
+    assert other["speedup"] == 2.0 and other["tokens_per_second"] == 5.0 and "round_tokens_per_second" not in other
+    assert order == [("ref", 7), ("other", 7), ("ref", 7), ("other", 7), ("ref", 8), ("other", 8), ("ref", 9), ("other", 9)]
 
 
 def test_the_pick_and_the_best_fixed_setting_go_by_speed_up():

@@ -334,7 +334,7 @@ class BenchDecodeSettings:
     auto: bool = True  # also draft_exit=auto with draft_len=auto, set against the best fixed setting
     library_exits: Optional[List[int]] = None  # transformers' assistant_early_exit; null: the draft exits
     temperature: float = 0.0  # > 0: also full and self-speculative sampling at this temperature
-    rounds: int = 1  # > 1: every row once per round, interleaved; medians reported
+    rounds: int = 1  # every row once per prompt per round, interleaved prompt by prompt; medians reported
 
 
 @dataclass

@@ -75,10 +75,9 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     be "auto", a width above 1 drafts a tree, a stop above 0 ends a chain at the first draft the
     exit is less sure of), and transformers'
     greedy and assistant_early_exit at each exit (library defaults for its draft length); each
-    with speedup = its tokens/s over full greedy's. With `rounds` > 1 every row is measured once
-    per round, the rows interleaved, and tokens_per_second is the median over the rounds and
-    speedup the median of the per-round ratios (a CPU whose speed drifts moves a round's rows
-    together). "pick" is the lossless setting of highest speed-up;
+    with speedup = its tokens/s over full greedy's, the median over prompts and rounds of the
+    two measured back to back on the same prompt (`_measure_interleaved`), and tokens_per_second
+    the median over the `rounds`. "pick" is the lossless setting of highest speed-up;
     "auto_against_fixed" sets the automatic settings beside the best fixed one. Where a round's
     time goes (`breakdown`, engine.PhaseClock): the automatic rows time themselves as they run;
     full greedy and the best fixed setting are rerun once on a timed decoder for it. With a
@@ -147,31 +146,45 @@ def _label(draft_exit: DraftExit, draft_len: DraftLen, width: int, stop: float =
 
 
 def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_tokens: int, rounds: int) -> list[dict]:
-    """Every case once per round, in order; the first case is the reference of `speedup` (and
-    the full_sampled row, where there is one, of `over_full_sampling`)."""
-    rates: list[list[float]] = [[] for _ in cases]
-    totals = [[0, 0.0] for _ in cases]
-    last: list[list[Generation]] = [[] for _ in cases]
+    """Every case on every prompt once per round, interleaved prompt by prompt: each case runs
+    once first as a warm-up, then in every round each prompt goes through all the cases in turn,
+    so a case and the reference it is compared with run within moments of each other on the
+    same prompt (a CPU whose speed wanders from one second to the next moves both alike). The
+    first case is the reference of `speedup`, the median over (round, prompt) of the case's
+    tokens/s over the reference's there (and the full_sampled row, where there is one, of
+    `over_full_sampling`); `tokens_per_second` is the median over rounds of a round's tokens
+    over its seconds."""
+    for case in cases:
+        case.run(prompts[0], min(WARMUP_TOKENS, max_new_tokens))
+    runs: list[list[list[Generation]]] = [[] for _ in cases]  # case -> round -> one generation per prompt
     for _ in range(max(1, rounds)):
-        for index, case in enumerate(cases):
-            measured, last[index] = _measure(case.run, prompts, max_new_tokens)
-            rates[index].append(measured["tokens_per_second"])
-            totals[index][0] += measured["tokens"]
-            totals[index][1] += measured["seconds"]
+        for generations in runs:
+            generations.append([])
+        for prompt in prompts:
+            for index, case in enumerate(cases):
+                runs[index][-1].append(case.run(prompt, max_new_tokens))
+
+    def rate(generation: Generation) -> float:
+        return len(generation.tokens) / generation.stats["seconds"] if generation.stats["seconds"] > 0 else 0.0
 
     def ratio_over(reference: int, index: int) -> float:
-        return statistics.median(r / ref if ref else 0.0 for r, ref in zip(rates[index], rates[reference]))
+        pairs = [(rate(mine), rate(theirs)) for round_mine, round_theirs in zip(runs[index], runs[reference])
+                 for mine, theirs in zip(round_mine, round_theirs)]
+        return statistics.median(r / ref if ref else 0.0 for r, ref in pairs)
 
     sampled_reference = next((i for i, case in enumerate(cases) if case.row["mode"] == "full_sampled"), None)
     rows = []
     for index, case in enumerate(cases):
-        row = {**case.row, "tokens": totals[index][0], "seconds": totals[index][1], "tokens_per_second": statistics.median(rates[index]),
+        tokens = [sum(len(g.tokens) for g in generations) for generations in runs[index]]
+        seconds = [sum(g.stats["seconds"] for g in generations) for generations in runs[index]]
+        round_rates = [n / t if t > 0 else 0.0 for n, t in zip(tokens, seconds)]
+        row = {**case.row, "tokens": sum(tokens), "seconds": sum(seconds), "tokens_per_second": statistics.median(round_rates),
                "speedup": ratio_over(0, index)}
-        if len(rates[index]) > 1:
-            row["round_tokens_per_second"] = rates[index]
+        if len(round_rates) > 1:
+            row["round_tokens_per_second"] = round_rates
         if sampled_reference is not None and case.row["mode"] in ("full_sampled", "speculative_sampled"):
             row["over_full_sampling"] = ratio_over(sampled_reference, index)
-        row.update(case.describe(last[index]))
+        row.update(case.describe(runs[index][-1]))
         rows.append(row)
     return rows
 
