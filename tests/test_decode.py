@@ -6,6 +6,7 @@ forward's."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
@@ -536,6 +537,7 @@ def test_interleaved_rounds_report_median_rates_and_median_paired_ratios():
     assert reference["round_tokens_per_second"] == [10.0, 5.0, 10.0] and reference["tokens_per_second"] == 10.0
     assert other["round_tokens_per_second"] == [20.0, 10.0, 5.0] and other["tokens_per_second"] == 10.0
     assert other["speedup"] == 2.0 and reference["speedup"] == 1.0  # pairs 2, 2, 0.5
+    assert other["speedup_interval"] == [0.5, 2.0] and reference["speedup_interval"] == [1.0, 1.0]
     assert other["tokens"] == 30 and other["seconds"] == 3.5 and other["described"] == 1
     # one round over three prompts: the last prompt ran slow for `other` alone; the paired median
     # says 2x where the totals would say 0.5x
@@ -552,13 +554,31 @@ def test_the_pick_and_the_best_fixed_setting_go_by_speed_up():
     median tokens/s can rank rows differently; the pick follows the speed-up."""
     from sortednet_cli.decode.bench import _auto_against_fixed, _best_fixed, _pick
 
-    row = lambda label, rate, speedup, **extra: {"mode": "speculative", "label": label, "tokens_per_second": rate,  # noqa: E731
-                                                 "speedup": speedup, "acceptance_rate": 0.5, "identical": True, **extra}
-    rows = [{"mode": "full", "label": "full greedy", "tokens_per_second": 100.0, "speedup": 1.0},
-            row("E=3 K=2", 130.0, 1.25, draft_exit=3, draft_len=2), row("E=3 K=4 W=3", 128.0, 1.30, draft_exit=3, draft_len=4),
-            row("E=3 K=auto", 131.0, 1.20, draft_exit=3, draft_len="auto")]
-    assert _pick(rows)["label"] == "E=3 K=4 W=3" and _best_fixed(rows)["label"] == "E=3 K=4 W=3"
-    assert _auto_against_fixed(rows, _best_fixed(rows))[0]["ratio"] == pytest.approx(1.20 / 1.30)
+    row = lambda label, rate, speedup, low, **extra: {"mode": "speculative", "label": label, "tokens_per_second": rate,  # noqa: E731
+                                                      "speedup": speedup, "speedup_interval": [low, speedup + 0.1],
+                                                      "acceptance_rate": 0.5, "identical": True, **extra}
+    rows = [{"mode": "full", "label": "full greedy", "tokens_per_second": 100.0, "speedup": 1.0, "speedup_interval": [1.0, 1.0]},
+            row("E=3 K=2", 130.0, 1.25, 1.1, draft_exit=3, draft_len=2), row("E=3 K=4 W=3", 128.0, 1.30, 1.22, draft_exit=3, draft_len=4),
+            row("E=3 K=auto", 131.0, 1.20, 1.0, draft_exit=3, draft_len="auto")]
+    pick = _pick(rows)
+    assert pick["label"] == "E=3 K=4 W=3" and _best_fixed(rows)["label"] == "E=3 K=4 W=3"
+    assert pick["as_fast_within_noise"] == ["E=3 K=2"]  # 1.25x reaches the pick's interval (from 1.22x), auto's 1.20x does not
+    auto = _auto_against_fixed(rows, _best_fixed(rows))[0]
+    assert auto["ratio"] == pytest.approx(1.20 / 1.30) and not auto["within_best_interval"]
+
+
+def test_a_speed_up_interval_is_a_seeded_bootstrap_of_the_median():
+    """median_interval: the 2.5th and 97.5th percentiles of the medians of resamples with
+    replacement -- reproducible, inside the values' range, around the median, a point where
+    every value is the same, and narrower with more pairs of the same spread."""
+    from sortednet_cli.decode.bench import median_interval
+
+    values = [1.0 + 0.01 * ((7 * i) % 40) for i in range(40)]  # 1.00 .. 1.39, shuffled
+    low, high = median_interval(values)
+    assert median_interval(values) == [low, high] and min(values) <= low < statistics.median(values) < high <= max(values)
+    assert median_interval([1.5] * 12) == [1.5, 1.5] and median_interval([2.0]) == [2.0, 2.0]
+    wide = median_interval(values[:8])
+    assert wide[1] - wide[0] > high - low
 
 
 def test_bench_reports_every_mode_and_picks_a_lossless_setting(trained, prompts, tmp_path):

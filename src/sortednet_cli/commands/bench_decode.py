@@ -82,18 +82,23 @@ def main(cfg: DictConfig) -> None:
 
     medians = f", medians of {result['rounds']} interleaved rounds" if result["rounds"] > 1 else ""
     table = Table(title=f"decoding at batch 1, {result['threads']} threads (speed-up over full greedy{medians})")
-    for column in ("setting", "tokens/s", "speed-up", "acceptance", "tokens/verify", "agreement", "same as greedy"):
+    for column in ("setting", "tokens/s", "speed-up", "95% interval", "acceptance", "tokens/verify", "agreement", "same as greedy"):
         table.add_column(column)
     percent = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
     for row in result["rows"]:
-        table.add_row(row["label"], f"{row['tokens_per_second']:.1f}", f"{row['speedup']:.2f}x", percent(row.get("acceptance_rate")),
+        low, high = row["speedup_interval"]
+        table.add_row(row["label"], f"{row['tokens_per_second']:.1f}", f"{row['speedup']:.2f}x", f"{low:.2f}-{high:.2f}",
+                      percent(row.get("acceptance_rate")),
                       "" if row.get("tokens_per_verification") is None else f"{row['tokens_per_verification']:.2f}",
                       percent(row.get("agreement")), "" if row.get("identical") is None else ("yes" if row["identical"] else "NO"))
     console.print(table)
-    console.print(f"pick: {result['pick']['label']} ({result['pick']['reason']})", highlight=False)
+    pick = result["pick"]
+    alike = f"; as fast within its 95% interval: {', '.join(pick['as_fast_within_noise'])}" if pick["as_fast_within_noise"] else ""
+    console.print(f"pick: {pick['label']} ({pick['reason']}{alike})", highlight=False)
     for entry in result["auto_against_fixed"]:
+        within = ", within its 95% interval" if entry["within_best_interval"] else ""
         console.print(f"{entry['label']}: {entry['speedup']:.2f}x full greedy, {entry['ratio']:.2f}x the best fixed setting "
-                      f"({entry['best_fixed']}, {entry['best_fixed_speedup']:.2f}x)", highlight=False)
+                      f"({entry['best_fixed']}, {entry['best_fixed_speedup']:.2f}x{within})", highlight=False)
     sampled = [r for r in result["rows"] if r["mode"] == "speculative_sampled"]
     if sampled:
         best = max(sampled, key=lambda r: r["over_full_sampling"])

@@ -6,6 +6,7 @@ and each lossless claim is checked (`identical`: the same tokens as full greedy 
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .engine import AUTO, DraftExit, DraftLen, ExitDecoder, Generation, teacher_
 from .library import library_assistant_early_exit, library_greedy
 
 WARMUP_TOKENS = 8
+INTERVAL_RESAMPLES = 1000  # bootstrap resamples of a row's paired ratios for its speed-up's 95% interval
 Runner = Callable[[list[int], int], Generation]
 
 
@@ -151,9 +153,9 @@ def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_t
     so a case and the reference it is compared with run within moments of each other on the
     same prompt (a CPU whose speed wanders from one second to the next moves both alike). The
     first case is the reference of `speedup`, the median over (round, prompt) of the case's
-    tokens/s over the reference's there (and the full_sampled row, where there is one, of
-    `over_full_sampling`); `tokens_per_second` is the median over rounds of a round's tokens
-    over its seconds."""
+    tokens/s over the reference's there, with `speedup_interval` its 95% interval
+    (median_interval; and the full_sampled row, where there is one, of `over_full_sampling`);
+    `tokens_per_second` is the median over rounds of a round's tokens over its seconds."""
     for case in cases:
         case.run(prompts[0], min(WARMUP_TOKENS, max_new_tokens))
     runs: list[list[list[Generation]]] = [[] for _ in cases]  # case -> round -> one generation per prompt
@@ -167,10 +169,10 @@ def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_t
     def rate(generation: Generation) -> float:
         return len(generation.tokens) / generation.stats["seconds"] if generation.stats["seconds"] > 0 else 0.0
 
-    def ratio_over(reference: int, index: int) -> float:
+    def ratios_over(reference: int, index: int) -> list[float]:
         pairs = [(rate(mine), rate(theirs)) for round_mine, round_theirs in zip(runs[index], runs[reference])
                  for mine, theirs in zip(round_mine, round_theirs)]
-        return statistics.median(r / ref if ref else 0.0 for r, ref in pairs)
+        return [r / ref if ref else 0.0 for r, ref in pairs]
 
     sampled_reference = next((i for i, case in enumerate(cases) if case.row["mode"] == "full_sampled"), None)
     rows = []
@@ -178,15 +180,29 @@ def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_t
         tokens = [sum(len(g.tokens) for g in generations) for generations in runs[index]]
         seconds = [sum(g.stats["seconds"] for g in generations) for generations in runs[index]]
         round_rates = [n / t if t > 0 else 0.0 for n, t in zip(tokens, seconds)]
+        ratios = ratios_over(0, index)
         row = {**case.row, "tokens": sum(tokens), "seconds": sum(seconds), "tokens_per_second": statistics.median(round_rates),
-               "speedup": ratio_over(0, index)}
+               "speedup": statistics.median(ratios), "speedup_interval": median_interval(ratios)}
         if len(round_rates) > 1:
             row["round_tokens_per_second"] = round_rates
         if sampled_reference is not None and case.row["mode"] in ("full_sampled", "speculative_sampled"):
-            row["over_full_sampling"] = ratio_over(sampled_reference, index)
+            row["over_full_sampling"] = statistics.median(ratios_over(sampled_reference, index))
         row.update(case.describe(runs[index][-1]))
         rows.append(row)
     return rows
+
+
+def median_interval(values: Sequence[float], resamples: int = INTERVAL_RESAMPLES, seed: int = 0) -> list[float]:
+    """[low, high]: a 95% percentile-bootstrap interval of the median of `values` (resampled with
+    replacement, seeded, so a bench's numbers are reproducible from its pairs). It tells which
+    rows of one run differ by more than their prompts and the machine's jitter do (on this
+    project's VM the best row moved 0.1-0.2x from run to run); a shift of the whole machine
+    between runs moves every row alike and is not in it."""
+    if len(values) < 2:
+        return [values[0], values[0]] if values else [0.0, 0.0]
+    draw = random.Random(seed).choices
+    medians = sorted(statistics.median(draw(values, k=len(values))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 def _early_exit_fields(model: SortedDecoder, prompts: list[list[int]], runs: list[Generation]) -> dict:
@@ -241,7 +257,8 @@ def _auto_against_fixed(rows: list[dict], best_fixed: Optional[dict]) -> list[di
     if best_fixed is None:
         return []
     return [{"label": r["label"], "speedup": r["speedup"], "best_fixed": best_fixed["label"], "best_fixed_speedup": best_fixed["speedup"],
-             "ratio": r["speedup"] / best_fixed["speedup"], "identical": r["identical"]}
+             "ratio": r["speedup"] / best_fixed["speedup"], "identical": r["identical"],
+             "within_best_interval": best_fixed["speedup_interval"][0] <= r["speedup"]}
             for r in rows if r["mode"] == "speculative" and AUTO in (r["draft_exit"], r["draft_len"])]
 
 
@@ -273,7 +290,8 @@ def ms_per_decoded_token(model: SortedDecoder, prompt: Sequence[int], repeats: i
 def _pick(rows: list[dict]) -> dict:
     """The fastest of full greedy and the speculative settings that reproduced it exactly, by
     speed-up over full greedy (with interleaved rounds the median of per-round ratios, which a
-    drifting CPU moves less than the rows' median tokens/s)."""
+    drifting CPU moves less than the rows' median tokens/s); `as_fast_within_noise`, the others
+    whose speed-up reaches the low end of the pick's 95% interval."""
     full = rows[0]
     speculative = [r for r in rows if r["mode"] == "speculative"]
     lossless = [r for r in speculative if r["identical"]]
@@ -288,12 +306,14 @@ def _pick(rows: list[dict]) -> dict:
     else:
         fastest = max(lossless, key=lambda r: r["speedup"])
         reason = f"full greedy: the fastest lossless speculative setting, {fastest['label']}, reached only {fastest['speedup']:.2f}x"
-    return {"label": best["label"], "mode": best["mode"], "speedup": best["speedup"], "reason": reason}
+    low = best["speedup_interval"][0]
+    alike = [r["label"] for r in [full, *lossless] if r is not best and r["speedup"] >= low]
+    return {"label": best["label"], "mode": best["mode"], "speedup": best["speedup"], "reason": reason, "as_fast_within_noise": alike}
 
 
 def plot_decode(result: dict, path: Union[str, Path], title: Optional[str] = None) -> None:
-    """Speed-up against acceptance rate of the speculative settings, with full greedy (1.0) and
-    the best transformers assistant_early_exit as reference lines."""
+    """Speed-up (with its 95% interval) against acceptance rate of the speculative settings, with
+    full greedy (1.0) and the best transformers assistant_early_exit as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,8 +322,11 @@ def plot_decode(result: dict, path: Union[str, Path], title: Optional[str] = Non
     rows = result["rows"]
     points = [r for r in rows if r["mode"] == "speculative" and r["acceptance_rate"] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ax.scatter([100 * r["acceptance_rate"] for r in points], [r["speedup"] for r in points],
-               color=["#1f77b4" if r["identical"] else "#d62728" for r in points], s=22, zorder=3)
+    colors = ["#1f77b4" if r["identical"] else "#d62728" for r in points]
+    ax.scatter([100 * r["acceptance_rate"] for r in points], [r["speedup"] for r in points], color=colors, s=22, zorder=3)
+    for r, color in zip(points, colors):  # the speed-up's 95% interval
+        low, high = r["speedup_interval"]
+        ax.vlines(100 * r["acceptance_rate"], low, high, color=color, lw=1, alpha=0.5, zorder=2)
     for r in points:
         ax.annotate(r["label"], (100 * r["acceptance_rate"], r["speedup"]), xytext=(4, 3), textcoords="offset points", fontsize=8)
     ax.axhline(1.0, color="black", lw=1, label="full greedy (ours)")
