@@ -25,6 +25,23 @@ def default_draft_exits(depth: int) -> list[int]:
     return sorted({max(1, round(depth * f)) for f in (0.25, 1 / 3, 0.5)} - {depth})
 
 
+def speed_table(result: dict) -> Table:
+    """Every row's tokens/s, speed-up over full greedy with its 95% interval, acceptance and
+    whether it reproduced full greedy."""
+    medians = f", medians of {result['rounds']} interleaved rounds" if result["rounds"] > 1 else ""
+    table = Table(title=f"decoding at batch 1, {result['threads']} threads (speed-up over full greedy{medians})")
+    for column in ("setting", "tokens/s", "speed-up", "95% interval", "acceptance", "tokens/verify", "agreement", "same as greedy"):
+        table.add_column(column)
+    percent = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
+    for row in result["rows"]:
+        low, high = row["speedup_interval"]
+        table.add_row(row["label"], f"{row['tokens_per_second']:.1f}", f"{row['speedup']:.2f}x", f"{low:.2f}-{high:.2f}",
+                      percent(row.get("acceptance_rate")),
+                      "" if row.get("tokens_per_verification") is None else f"{row['tokens_per_verification']:.2f}",
+                      percent(row.get("agreement")), "" if row.get("identical") is None else ("yes" if row["identical"] else "NO"))
+    return table
+
+
 def breakdown_table(rows: list[dict]) -> Table:
     """Where a generation's time goes, ms per generated token (engine.PhaseClock), for the rows
     that were timed."""
@@ -80,18 +97,7 @@ def main(cfg: DictConfig) -> None:
     write_json(run_dir / "decode.json", result)
     plot_decode(result, run_dir / "decode.png", title=f"self-speculative decoding, {depth}-layer decoder")
 
-    medians = f", medians of {result['rounds']} interleaved rounds" if result["rounds"] > 1 else ""
-    table = Table(title=f"decoding at batch 1, {result['threads']} threads (speed-up over full greedy{medians})")
-    for column in ("setting", "tokens/s", "speed-up", "95% interval", "acceptance", "tokens/verify", "agreement", "same as greedy"):
-        table.add_column(column)
-    percent = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
-    for row in result["rows"]:
-        low, high = row["speedup_interval"]
-        table.add_row(row["label"], f"{row['tokens_per_second']:.1f}", f"{row['speedup']:.2f}x", f"{low:.2f}-{high:.2f}",
-                      percent(row.get("acceptance_rate")),
-                      "" if row.get("tokens_per_verification") is None else f"{row['tokens_per_verification']:.2f}",
-                      percent(row.get("agreement")), "" if row.get("identical") is None else ("yes" if row["identical"] else "NO"))
-    console.print(table)
+    console.print(speed_table(result))
     pick = result["pick"]
     alike = f"; as fast within its 95% interval: {', '.join(pick['as_fast_within_noise'])}" if pick["as_fast_within_noise"] else ""
     console.print(f"pick: {pick['label']} ({pick['reason']}{alike})", highlight=False)
