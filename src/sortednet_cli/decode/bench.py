@@ -24,14 +24,15 @@ INTERVAL_RESAMPLES = 1000  # bootstrap resamples of a row's paired ratios for it
 Runner = Callable[[list[int], int], Generation]
 
 
-def _measure(run: Runner, prompts: list[list[int]], max_new_tokens: int) -> tuple[dict, list[Generation]]:
-    """Total tokens over total generation time on every prompt, after one short warm-up (first
-    calls pay for allocations and lazy initialisation)."""
+def _warm_up(run: Runner, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """One short generation first: first calls pay for allocations and lazy initialisation."""
     run(prompts[0], min(WARMUP_TOKENS, max_new_tokens))
-    generations = [run(prompt, max_new_tokens) for prompt in prompts]
-    tokens = sum(len(g.tokens) for g in generations)
-    seconds = sum(g.stats["seconds"] for g in generations)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}, generations
+
+
+def _generations(run: Runner, prompts: list[list[int]], max_new_tokens: int) -> list[Generation]:
+    """Every prompt's generation, after a warm-up."""
+    _warm_up(run, prompts, max_new_tokens)
+    return [run(prompt, max_new_tokens) for prompt in prompts]
 
 
 def _pooled_agreement(model: SortedDecoder, prompts: list[list[int]], generations: list[Generation]) -> float:
@@ -111,13 +112,13 @@ def bench_decode(model: SortedDecoder, prompts: Sequence[Sequence[int]], max_new
     library_cases, library_unsupported = _library_cases(model, prompts, library_exits, identical)
     rows = _measure_interleaved(cases + library_cases, prompts, max_new_tokens, rounds)
     timed = ExitDecoder(model, timed=True)
-    rows[0]["breakdown"] = _pooled_breakdown(_measure(lambda p, n: timed.full(p, n), prompts, max_new_tokens)[1])
+    rows[0]["breakdown"] = _pooled_breakdown(_generations(lambda p, n: timed.full(p, n), prompts, max_new_tokens))
     best_fixed = _best_fixed(rows)
     if best_fixed is not None:
-        best_fixed["breakdown"] = _pooled_breakdown(_measure(
+        best_fixed["breakdown"] = _pooled_breakdown(_generations(
             lambda p, n: timed.speculative(p, n, best_fixed["draft_exit"], best_fixed["draft_len"], draft_width=best_fixed["draft_width"],
                                            draft_stop=best_fixed["draft_stop"]),
-            prompts, max_new_tokens)[1])
+            prompts, max_new_tokens))
     context = int(model.config.max_position_embeddings)
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "num_layers": len(model.layers), "rounds": rounds,
             "new_tokens_per_prompt": [min(max_new_tokens, context - len(p)) for p in prompts],
@@ -157,7 +158,7 @@ def _measure_interleaved(cases: list[_Case], prompts: list[list[int]], max_new_t
     (median_interval; and the full_sampled row, where there is one, of `over_full_sampling`);
     `tokens_per_second` is the median over rounds of a round's tokens over its seconds."""
     for case in cases:
-        case.run(prompts[0], min(WARMUP_TOKENS, max_new_tokens))
+        _warm_up(case.run, prompts, max_new_tokens)
     runs: list[list[list[Generation]]] = [[] for _ in cases]  # case -> round -> one generation per prompt
     for _ in range(max(1, rounds)):
         for generations in runs:
@@ -198,8 +199,8 @@ def median_interval(values: Sequence[float], resamples: int = INTERVAL_RESAMPLES
     rows of one run differ by more than their prompts and the machine's jitter do (on this
     project's VM the best row moved 0.1-0.2x from run to run); a shift of the whole machine
     between runs moves every row alike and is not in it."""
-    if len(values) < 2:
-        return [values[0], values[0]] if values else [0.0, 0.0]
+    if len(values) == 1:
+        return [values[0], values[0]]
     draw = random.Random(seed).choices
     medians = sorted(statistics.median(draw(values, k=len(values))) for _ in range(resamples))
     return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
